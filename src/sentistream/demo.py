@@ -1,0 +1,72 @@
+"""``sentistream demo``: replay the bundled sample stream through the shipped model.
+
+Posts arrive at ``rate`` per second, are cleaned and classified as they arrive, and are printed
+as live results (or as result records with ``--json``). Needs nothing but the package.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import IO
+
+from sentistream.classify_file import format_prediction
+from sentistream.runtime.base import Classifier
+from sentistream.schemas import parse_post, result_record
+
+__all__ = ["SAMPLE_POSTS", "run_demo"]
+
+SAMPLE_POSTS = Path(__file__).resolve().parent / "samples" / "posts.jsonl"
+_COLOURS = {"positive": "\033[32m", "negative": "\033[31m", "neutral": "\033[33m"}
+
+
+def run_demo(
+    classifier: Classifier,
+    source: Path = SAMPLE_POSTS,
+    *,
+    rate: float = 20.0,
+    as_json: bool = False,
+    out: IO[str] | None = None,
+) -> dict[str, object]:
+    out = out or sys.stdout
+    colour = out.isatty() and not as_json
+    counts: Counter[str] = Counter()
+    started = time.perf_counter()
+    with source.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            if rate > 0:
+                delay = started + (number - 1) / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            t0 = time.perf_counter()
+            post = parse_post(line, default_id=f"line-{number}", source="demo")
+            pred = classifier.classify([post.text])[0]
+            latency = (time.perf_counter() - t0) * 1000
+            counts[pred.label] += 1
+            if as_json:
+                record = result_record(
+                    post,
+                    pred,
+                    model=classifier.name,
+                    model_version=classifier.version,
+                    latency_ms=latency,
+                )
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            else:
+                text = format_prediction(post.text, pred)
+                if colour:
+                    text = _COLOURS.get(pred.label, "") + text + "\033[0m"
+                out.write(f"{text}  ({latency:.1f} ms)\n")
+            out.flush()
+    summary = {
+        "posts": sum(counts.values()),
+        "labels": dict(counts),
+        "model": f"{classifier.name}:{classifier.version}",
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return summary

@@ -1,0 +1,89 @@
+"""The classifier core and its backends.
+
+``load_classifier(settings)`` builds the :class:`Classifier` the CLI, servers and workers use:
+from the model repository with ONNX Runtime by default, or with PyTorch/transformers
+(``backend="torch"``) for a training checkpoint or any Hugging Face model id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sentistream.runtime.base import Backend, Classifier, Prediction, TaskPrediction
+
+if TYPE_CHECKING:
+    from sentistream.config import Settings
+
+__all__ = [
+    "Backend",
+    "Classifier",
+    "Prediction",
+    "TaskPrediction",
+    "load_classifier",
+    "load_onnx_classifier",
+]
+
+
+def load_onnx_classifier(folder: Path, settings: Settings) -> Classifier:
+    """A classifier over one validated model version folder."""
+    from tokenizers import Tokenizer
+
+    from sentistream.manifest import load_manifest
+    from sentistream.runtime.onnx import OnnxBackend
+
+    manifest = load_manifest(folder)
+    backend = OnnxBackend(
+        folder / "model.onnx",
+        {task: spec.output for task, spec in manifest.tasks.items()},
+        intra_op_threads=settings.resolved_intra_op_threads(),
+        inter_op_threads=settings.inter_op_threads,
+        providers=settings.providers or None,
+    )
+    return Classifier(
+        backend,
+        Tokenizer.from_file(str(folder / "tokenizer.json")),
+        tasks={task: spec.labels for task, spec in manifest.tasks.items()},
+        primary_task=manifest.primary_task,
+        max_length=manifest.max_length,
+        max_chars=manifest.max_chars,
+        name=manifest.name,
+        version=manifest.version,
+        temperatures={task: spec.temperature for task, spec in manifest.tasks.items()},
+        batch_size=settings.batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_text_chars=settings.max_text_chars,
+    )
+
+
+def load_classifier(settings: Settings) -> Classifier:
+    """The classifier named by ``settings.model`` with ``settings.backend``."""
+    if settings.backend == "torch":
+        from sentistream.repository import ModelRepository
+        from sentistream.runtime.torch import load_torch_model
+
+        source = settings.model
+        repo = ModelRepository(settings.model_repository)
+        if not Path(source).expanduser().exists() and repo.has(source):
+            raise ValueError(
+                "the torch backend loads a training checkpoint or a Hugging Face model; "
+                f"{source!r} is an ONNX model in the repository (use --backend onnx)"
+            )
+        parts = load_torch_model(source)
+        return Classifier(
+            parts["backend"],
+            parts["tokenizer"],
+            tasks=parts["tasks"],
+            primary_task=parts["primary_task"],
+            max_length=parts["max_length"],
+            max_chars=parts["max_chars"],
+            name=parts["name"],
+            version=parts["version"],
+            batch_size=settings.batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_text_chars=settings.max_text_chars,
+        )
+    from sentistream.repository import ModelRepository
+
+    repo = ModelRepository(settings.model_repository)
+    return load_onnx_classifier(repo.resolve(settings.model), settings)

@@ -1,0 +1,229 @@
+"""The classifier core: transport-neutral, used by the CLI, the servers and the stream worker.
+
+A :class:`Backend` only sees batches of token ids and returns logits for every task head in
+one forward pass. :class:`Classifier` does the rest: validation, cleaning, tokenization, sorting
+a request by length into small padded batches (bounded by ``batch_size`` and a token budget),
+softmax with each task's calibration temperature, and restoring the caller's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Tokenizer
+
+from sentistream.errors import InvalidInputError
+from sentistream.text import clean
+
+__all__ = ["Backend", "Classifier", "Prediction", "TaskPrediction"]
+
+IdArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+
+class Backend(Protocol):
+    """What a runtime must provide: one forward pass over a padded batch."""
+
+    name: str
+
+    def forward(self, input_ids: IdArray, attention_mask: IdArray) -> dict[str, FloatArray]:
+        """Logits ``[batch, n_labels]`` for every task, keyed by task name."""
+        ...
+
+
+@dataclass(frozen=True)
+class TaskPrediction:
+    label: str
+    score: float
+    scores: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "score": self.score, "scores": self.scores}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """All requested tasks for one text; ``primary`` names the task shown as ``label``."""
+
+    primary: str
+    tasks: dict[str, TaskPrediction]
+    tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.tasks[self.primary].label
+
+    @property
+    def score(self) -> float:
+        return self.tasks[self.primary].score
+
+    def to_dict(self) -> dict[str, Any]:
+        """``label``/``score``/``scores`` of the primary task, the others under ``tasks``."""
+        out: dict[str, Any] = {}
+        if self.primary in self.tasks:
+            out.update(self.tasks[self.primary].to_dict())
+        out["tasks"] = {
+            name: {"label": p.label, "score": p.score, "scores": p.scores}
+            for name, p in self.tasks.items()
+            if name != self.primary
+        }
+        return out
+
+
+def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
+    z = logits.astype(np.float32) / np.float32(temperature)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: FloatArray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+class Classifier:
+    """Texts in, predictions out, in the caller's order."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        tokenizer: Tokenizer,
+        *,
+        tasks: dict[str, list[str]],
+        primary_task: str,
+        max_length: int,
+        max_chars: int,
+        name: str,
+        version: str,
+        temperatures: dict[str, float] | None = None,
+        batch_size: int = 32,
+        max_batch_tokens: int = 8192,
+        max_text_chars: int = 20_000,
+    ) -> None:
+        if primary_task not in tasks:
+            raise ValueError(f"primary task {primary_task!r} not in {list(tasks)}")
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tasks = tasks
+        self.primary_task = primary_task
+        self.max_length = max_length
+        self.max_chars = max_chars
+        self.name = name
+        self.version = version
+        self.temperatures = temperatures or {}
+        self.batch_size = batch_size
+        self.max_batch_tokens = max(max_batch_tokens, max_length)
+        self.max_text_chars = max_text_chars
+        pads = [tokenizer.token_to_id(t) for t in ("[PAD]", "<pad>")]
+        self.pad_id = next((p for p in pads if p is not None), 0)
+
+    # -- validation -------------------------------------------------------------------------
+    def prepare(self, text: object) -> str:
+        """Validate and clean one text; raises InvalidInputError with the reason."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
+        if len(text) > self.max_text_chars:
+            raise InvalidInputError(
+                f"text has {len(text)} characters; the limit is {self.max_text_chars}"
+            )
+        return clean(text, self.max_chars)
+
+    def select_tasks(self, tasks: Sequence[str] | None) -> list[str]:
+        if tasks is None or len(tasks) == 0:
+            return list(self.tasks)
+        unknown = [t for t in tasks if t not in self.tasks]
+        if unknown:
+            raise InvalidInputError(
+                f"unknown task(s) {', '.join(map(repr, unknown))}; this model has "
+                f"{', '.join(self.tasks)}"
+            )
+        return list(dict.fromkeys(tasks))
+
+    # -- inference --------------------------------------------------------------------------
+    def classify(
+        self, texts: Sequence[object], tasks: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """Validate, clean and classify ``texts``; one bad text fails the call (with its index)."""
+        cleaned = []
+        for i, text in enumerate(texts):
+            try:
+                cleaned.append(self.prepare(text))
+            except InvalidInputError as exc:
+                prefix = f"texts[{i}]: " if len(texts) > 1 else ""
+                raise InvalidInputError(prefix + exc.message) from exc
+        return self.classify_clean(cleaned, tasks)
+
+    def encode(self, cleaned: Sequence[str]) -> list[list[int]]:
+        return [enc.ids for enc in self.tokenizer.encode_batch(list(cleaned))]
+
+    def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices sorted by length, cut into batches bounded by size and a token budget."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            width = lengths[i]  # sorted ascending: the newcomer is the widest
+            if current and (
+                len(current) >= self.batch_size
+                or width * (len(current) + 1) > self.max_batch_tokens
+            ):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _pad(self, ids: list[list[int]], idx: list[int]) -> tuple[IdArray, IdArray]:
+        width = max(len(ids[i]) for i in idx)
+        input_ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        for row, i in enumerate(idx):
+            seq = ids[i]
+            input_ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        return input_ids, mask
+
+    def probabilities(self, cleaned: Sequence[str]) -> tuple[dict[str, FloatArray], list[int]]:
+        """Per-task probability matrices in input order, and token counts per text."""
+        ids = self.encode(cleaned)
+        lengths = [len(x) for x in ids]
+        probs = {
+            t: np.empty((len(ids), len(labels)), dtype=np.float32)
+            for t, labels in self.tasks.items()
+        }
+        for idx in self.plan_batches(lengths):
+            input_ids, mask = self._pad(ids, idx)
+            logits = self.backend.forward(input_ids, mask)
+            rows = np.asarray(idx)
+            for task in self.tasks:
+                probs[task][rows] = softmax(logits[task], self.temperatures.get(task, 1.0))
+        return probs, lengths
+
+    def classify_clean(
+        self, cleaned: Sequence[str], tasks: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """Classify texts already passed through :meth:`prepare`."""
+        selected = self.select_tasks(tasks)
+        if not cleaned:
+            return []
+        probs, lengths = self.probabilities(cleaned)
+        primary = self.primary_task if self.primary_task in selected else selected[0]
+        out: list[Prediction] = []
+        for row in range(len(cleaned)):
+            per_task: dict[str, TaskPrediction] = {}
+            for task in selected:
+                p = probs[task][row]
+                labels = self.tasks[task]
+                best = int(p.argmax())
+                per_task[task] = TaskPrediction(
+                    label=labels[best],
+                    score=round(float(p[best]), 6),
+                    scores={lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)},
+                )
+            out.append(Prediction(primary=primary, tasks=per_task, tokens=lengths[row]))
+        return out

@@ -1,0 +1,156 @@
+"""Test helpers shipped with the package: tiny real models built on the spot.
+
+``tiny_tokenizer`` builds a real WordPiece ``tokenizers`` tokenizer over a small vocabulary;
+``tiny_model_folder`` writes a real ONNX model version folder (embedding -> masked mean pool ->
+one linear head per task, random weights) with a valid manifest, so tests exercise the real
+loading, validation and inference path without shipping or downloading weights. Building the
+ONNX graph needs the ``onnx`` package (``[dev]`` or ``[train]`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from sentistream.manifest import MANIFEST_FORMAT, file_sha256
+from sentistream.text import CLEANING_VERSION
+
+__all__ = ["TINY_WORDS", "tiny_model_folder", "tiny_tokenizer"]
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TINY_WORDS = """
+i you we they it this that is are was be the a an and or but not no so very really
+love like great good happy best awesome amazing nice fun glad thanks win
+hate bad worst awful terrible sad angry horrible sick fail lost boring
+day today tomorrow game movie music food show team new time people
+user http # @ ! ? . , ' : ( ) face with tears of joy heart red smiling
+""".split()  # noqa: SIM905
+
+
+def tiny_tokenizer(extra_words: list[str] | None = None) -> Tokenizer:
+    """A BERT-style (uncased WordPiece) tokenizer over a tiny vocabulary."""
+    words = list(dict.fromkeys(TINY_WORDS + (extra_words or [])))
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab_list = (
+        SPECIALS + words + [c for c in letters if c not in words] + [f"##{c}" for c in letters]
+    )
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))  # noqa: S106
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def _tiny_onnx(
+    path: Path, vocab_size: int, tasks: dict[str, list[str]], dim: int, seed: int
+) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 1, (vocab_size, dim)).astype(np.float32), "emb"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "axis_last"),
+        numpy_helper.from_array(np.array(1e-6, dtype=np.float32), "eps"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["tok"], axis=0),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axis_last"], ["mask3"]),
+        helper.make_node("Mul", ["tok", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["summed"], keepdims=0),
+        helper.make_node("ReduceSum", ["maskf", "axis1"], ["count"], keepdims=1),
+        helper.make_node("Add", ["count", "eps"], ["count_eps"]),
+        helper.make_node("Div", ["summed", "count_eps"], ["pooled"]),
+    ]
+    outputs = []
+    for task, labels in tasks.items():
+        w = rng.normal(0, 1, (dim, len(labels))).astype(np.float32)
+        b = rng.normal(0, 0.1, (len(labels),)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w_{task}"), numpy_helper.from_array(b, f"b_{task}")]
+        nodes += [
+            helper.make_node("MatMul", ["pooled", f"w_{task}"], [f"mm_{task}"]),
+            helper.make_node("Add", [f"mm_{task}", f"b_{task}"], [f"logits_{task}"]),
+        ]
+        outputs.append(
+            helper.make_tensor_value_info(
+                f"logits_{task}", TensorProto.FLOAT, ["batch", len(labels)]
+            )
+        )
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info(
+                "attention_mask", TensorProto.INT64, ["batch", "sequence"]
+            ),
+        ],
+        outputs,
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def tiny_model_folder(
+    root: Path,
+    name: str = "tiny",
+    version: str = "1",
+    tasks: dict[str, list[str]] | None = None,
+    primary_task: str | None = None,
+    *,
+    dim: int = 16,
+    seed: int = 0,
+    max_length: int = 64,
+) -> Path:
+    """Write ``root/name/version`` with a real (random-weight) ONNX model and manifest."""
+    tasks = tasks or {
+        "sentiment": ["negative", "neutral", "positive"],
+        "offensive": ["not-offensive", "offensive"],
+    }
+    primary_task = primary_task or next(iter(tasks))
+    folder = root / name / version
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = tiny_tokenizer()
+    tok.save(str(folder / "tokenizer.json"))
+    _tiny_onnx(folder / "model.onnx", tok.get_vocab_size(), tasks, dim, seed)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": version,
+        "description": "tiny random test model",
+        "primary_task": primary_task,
+        "tasks": {t: {"labels": lbls, "output": f"logits_{t}"} for t, lbls in tasks.items()},
+        "max_length": max_length,
+        "cleaning_version": CLEANING_VERSION,
+        "max_chars": 1000,
+        "signature": {
+            "inputs": [
+                {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+                {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
+            ],
+            "outputs": [
+                {"name": f"logits_{t}", "dtype": "float32", "shape": ["batch", len(lbls)]}
+                for t, lbls in tasks.items()
+            ],
+        },
+        "base_model": "random",
+        "files": {f: file_sha256(folder / f) for f in ("model.onnx", "tokenizer.json")},
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder

@@ -1,0 +1,141 @@
+"""Post cleaning, shared by training and serving.
+
+The same function prepares training examples and live posts, and its version is written into
+every model manifest (``CLEANING_VERSION``): a model is only ever fed text cleaned the way it
+was trained. Cleaning is idempotent (``clean(clean(x)) == clean(x)``) and never crashes on any
+string; it raises :class:`~sentistream.errors.InvalidInputError` for non-text input and for text
+that is empty once cleaned.
+
+What it does, in order, repeated until nothing changes:
+
+1. decode HTML entities (``&amp;`` -> ``&``) and literal ``\\uXXXX`` escapes (both occur in the
+   TweetEval files), including escaped surrogate pairs;
+2. Unicode NFKC normalisation (fancy "math bold" letters and full-width forms become plain);
+3. strip control, format, private-use, unassigned and surrogate code points (newlines and tabs
+   become spaces), emoji variation selectors and skin-tone modifiers;
+4. URLs -> ``http`` and @mentions -> ``@user``, the convention of the TweetEval data;
+5. hashtags keep their words, CamelCase ones are split (``#HappyBirthday`` -> ``#Happy Birthday``);
+6. emoji and other pictographs become their Unicode names (``😂`` -> ``face with tears of joy``)
+   so they carry meaning instead of becoming ``[UNK]``; a run of the same emoji counts once and
+   flag pairs become ``flag``;
+7. whitespace collapsed, and the result capped at ``max_chars`` characters.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+
+from sentistream.errors import InvalidInputError
+
+__all__ = ["CLEANING_VERSION", "DEFAULT_MAX_CHARS", "clean", "clean_many"]
+
+CLEANING_VERSION = "1"
+DEFAULT_MAX_CHARS = 1000
+_MAX_PASSES = 8
+
+_ESCAPED_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+_ESCAPED_CHAR = re.compile(r"\\u([0-9a-f]{4})", re.IGNORECASE)
+_URL = re.compile(r"(?:\bhttps?://|\bwww\.)\S+", re.IGNORECASE)
+_MENTION = re.compile(r"(?<![\w@])@\w+")
+_HASHTAG = re.compile(r"(?<![\w#])#(\w+)")
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_WHITESPACE = re.compile(r"\s+")
+_DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+_SKIN_TONES = range(0x1F3FB, 0x1F400)
+_VARIATION_SELECTORS = range(0xFE00, 0xFE10)
+_REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
+_PICTOGRAPH_START = 0x2190
+
+
+def _decode_escapes(text: str) -> str:
+    def pair(match: re.Match[str]) -> str:
+        high, low = int(match.group(1), 16), int(match.group(2), 16)
+        return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+
+    text = _ESCAPED_PAIR.sub(pair, text)
+    return _ESCAPED_CHAR.sub(lambda m: chr(int(m.group(1), 16)), text)
+
+
+def _strip_invisible(text: str) -> str:
+    out: list[str] = []
+    for ch in text:
+        cp = ord(ch)
+        if cp in _VARIATION_SELECTORS or cp in _SKIN_TONES:
+            continue
+        if unicodedata.category(ch) in _DROP_CATEGORIES:
+            # Line breaks, tabs and other separators become spaces; the rest vanishes.
+            if ch.isspace() or cp in (0x200B, 0x2028, 0x2029):
+                out.append(" ")
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
+def _split_hashtag(match: re.Match[str]) -> str:
+    return "#" + _CAMEL.sub(" ", match.group(1))
+
+
+def _name_pictographs(text: str) -> str:
+    out: list[str] = []
+    previous = ""
+    for ch in text:
+        cp = ord(ch)
+        if cp in _REGIONAL_INDICATORS:
+            word = "flag"
+        elif cp >= _PICTOGRAPH_START and unicodedata.category(ch) == "So":
+            name = unicodedata.name(ch, "")
+            if not name:  # unknown to this Python's Unicode database: leave it as it is
+                out.append(ch)
+                previous = ""
+                continue
+            word = name.lower()
+        else:
+            out.append(ch)
+            previous = ""
+            continue
+        if word != previous:  # a run of the same pictograph counts once
+            out.append(f" {word} ")
+        previous = word
+    return "".join(out)
+
+
+def _clean_once(text: str, max_chars: int) -> str:
+    text = html.unescape(_decode_escapes(text))
+    text = unicodedata.normalize("NFKC", text)
+    text = _strip_invisible(text)
+    text = _URL.sub("http", text)
+    text = _MENTION.sub("@user", text)
+    text = _HASHTAG.sub(_split_hashtag, text)
+    text = _name_pictographs(text)
+    text = _WHITESPACE.sub(" ", text).strip()
+    if len(text) > max_chars:
+        text = text[:max_chars].rstrip()
+    return text
+
+
+def clean(text: object, max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    """Clean one post for the model; see the module docstring for the steps.
+
+    Raises:
+        InvalidInputError: ``text`` is not a ``str`` or nothing is left after cleaning.
+    """
+    if not isinstance(text, str):
+        raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
+    if max_chars < 1:
+        raise ValueError("max_chars must be >= 1")
+    current = text
+    for _ in range(_MAX_PASSES):
+        cleaned = _clean_once(current, max_chars)
+        if cleaned == current:
+            break
+        current = cleaned
+    if not current:
+        raise InvalidInputError("text is empty after cleaning")
+    return current
+
+
+def clean_many(texts: list[str], max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
+    """Clean a batch; raises on the first bad text (callers that must not fail use ``clean``)."""
+    return [clean(t, max_chars) for t in texts]

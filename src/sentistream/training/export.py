@@ -1,0 +1,265 @@
+"""Checkpoint -> ONNX fp32 -> graph optimisation -> int8 -> parity check -> model folder.
+
+``export(config)`` writes ``<output>/model.onnx`` (int8: weights of every MatMul and the
+embedding tables), ``tokenizer.json``, ``manifest.json`` and the model card ``README.md``, and
+returns the folder. It refuses to publish a model whose int8 predictions agree with fp32 on
+fewer than ``min_agreement`` of the verification texts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from sentistream.manifest import MANIFEST_FORMAT, file_sha256, load_manifest
+from sentistream.metrics import classification_report
+from sentistream.training.card import render_model_card
+from sentistream.training.model import MultiTaskModel, load_checkpoint
+
+__all__ = ["ExportConfig", "export"]
+
+
+class ExportConfig(BaseModel):
+    checkpoint: Path = Field(description="folder written by `sentistream train`")
+    output: Path = Field(description="model version folder, e.g. models/tweet-sentiment/1")
+    name: str | None = Field(None, description="model name (default: output's parent name)")
+    version: str | None = Field(None, description="version (default: output folder name)")
+    verify_data: Path | None = Field(None, description="labelled data for parity and metrics")
+    verify_split: str = "val"
+    min_agreement: float = Field(0.98, ge=0, le=1)
+    keep_fp32: bool = False
+    optimize: bool = Field(True, description="fuse attention/LayerNorm/GELU before quantizing")
+    opset: int = 17
+    command_line: str | None = Field(None, description="training command for the model card")
+    description: str = ""
+    parent_version: str | None = None
+
+
+class _Wrapper(torch.nn.Module):
+    def __init__(self, model: MultiTaskModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(input_ids, attention_mask))
+
+
+def _export_fp32(model: MultiTaskModel, path: Path, opset: int) -> list[str]:
+    outputs = [f"logits_{t}" for t in model.task_names]
+    vocab = int(model.encoder.config.vocab_size)
+    ids = torch.randint(min(5, vocab - 1), vocab, (2, 16), dtype=torch.long)
+    mask = torch.ones_like(ids)
+    dynamic = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+    }
+    dynamic.update({o: {0: "batch"} for o in outputs})
+    torch.onnx.export(
+        _Wrapper(model).eval(),
+        (ids, mask),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=outputs,
+        dynamic_axes=dynamic,
+        opset_version=opset,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    return outputs
+
+
+def _optimize(src: Path, dst: Path, model: MultiTaskModel) -> bool:
+    """ONNX Runtime's transformer fusions (attention, SkipLayerNorm, BiasGelu)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    cfg = model.encoder.config
+    if getattr(cfg, "model_type", "") not in {"bert", "roberta", "distilbert", "xlm-roberta"}:
+        shutil.copy(src, dst)
+        return False
+    opt = optimize_model(
+        str(src),
+        model_type="bert",
+        num_heads=int(cfg.num_attention_heads),
+        hidden_size=int(cfg.hidden_size),
+        opt_level=1,
+        use_gpu=False,
+    )
+    opt.save_model_to_file(str(dst))
+    return True
+
+
+def _quantize(src: Path, dst: Path) -> None:
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
+        per_channel=False,
+        reduce_range=False,
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT},
+    )
+
+
+def _run_onnx(
+    path: Path, ids: list[list[int]], outputs: list[str], pad_id: int
+) -> list[np.ndarray[Any, Any]]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    chunks: list[list[np.ndarray[Any, Any]]] = [[] for _ in outputs]
+    for start in range(0, len(order), 64):
+        idx = order[start : start + 64]
+        width = max(len(ids[i]) for i in idx)
+        x = np.full((len(idx), width), pad_id, dtype=np.int64)
+        m = np.zeros_like(x)
+        for r, i in enumerate(idx):
+            x[r, : len(ids[i])] = ids[i]
+            m[r, : len(ids[i])] = 1
+        for k, out in enumerate(sess.run(outputs, {"input_ids": x, "attention_mask": m})):
+            chunks[k].append(out)
+    inverse = np.argsort(np.asarray(order))
+    return [np.concatenate(c)[inverse] for c in chunks]
+
+
+def export(config: ExportConfig) -> Path:
+    """Publish a checkpoint as a verified int8 ONNX model folder; returns the folder."""
+    from sentistream.text import clean
+    from sentistream.training.data import load_split
+
+    model, tokenizer, meta = load_checkpoint(config.checkpoint, attn_implementation="eager")
+    name = config.name or config.output.parent.name
+    version = config.version or config.output.name
+    if config.output.name != version:
+        raise ValueError(f"output folder {config.output} must be named after version {version}")
+    max_length = int(meta["max_length"])
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    task_names = model.task_names
+    primary = meta.get("primary_task", task_names[0])
+    config.output.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.fp32.onnx"
+        outputs = _export_fp32(model, fp32, config.opset)
+        optimized = Path(tmp) / "model.opt.onnx"
+        fused = _optimize(fp32, optimized, model) if config.optimize else False
+        if not config.optimize:
+            shutil.copy(fp32, optimized)
+        int8 = config.output / "model.onnx"
+        _quantize(optimized, int8)
+        if config.keep_fp32:
+            shutil.copy(fp32, config.output / "model.fp32.onnx")
+
+        verification: dict[str, Any] = {}
+        metrics: dict[str, Any] = dict(meta.get("val_metrics", {}))
+        if config.verify_data is not None:
+            split = load_split(config.verify_data, config.verify_split)
+            texts = []
+            for t in split.texts:
+                try:
+                    texts.append(clean(t, int(meta.get("max_chars", 1000))))
+                except ValueError:
+                    texts.append("")
+            ids = [e.ids for e in tokenizer.encode_batch(texts)]
+            pad_id = tokenizer.token_to_id("[PAD]") or 0
+            ref = _run_onnx(fp32, ids, outputs, pad_id)
+            q = _run_onnx(int8, ids, outputs, pad_id)
+            k = task_names.index(meta.get("task", primary)) if meta.get("task") in task_names else 0
+            task = task_names[k]
+            labels = model.tasks[task]
+            agree = float((ref[k].argmax(-1) == q[k].argmax(-1)).mean())
+            rep32 = classification_report(split.labels, ref[k].argmax(-1).tolist(), labels, task)
+            rep8 = classification_report(split.labels, q[k].argmax(-1).tolist(), labels, task)
+            verification = {
+                "data": str(config.verify_data),
+                "split": config.verify_split,
+                "task": task,
+                "n": len(ids),
+                "argmax_agreement_int8_vs_fp32": round(agree, 5),
+                "max_abs_logit_diff": float(np.abs(ref[k] - q[k]).max()),
+                "fp32_official_score": round(rep32["official_score"], 5),
+                "int8_official_score": round(rep8["official_score"], 5),
+            }
+            metrics = {task: {"int8": rep8, "fp32": rep32}}
+            print(json.dumps(verification, indent=2))
+            if agree < config.min_agreement:
+                raise ValueError(
+                    f"int8 agrees with fp32 on {agree:.4f} of {len(ids)} texts, below "
+                    f"{config.min_agreement}: not publishing"
+                )
+
+    tokenizer.save(str(config.output / "tokenizer.json"))
+    files = {f: file_sha256(config.output / f) for f in ("model.onnx", "tokenizer.json")}
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "version": version,
+        "description": config.description,
+        "primary_task": primary,
+        "tasks": {
+            t: {"labels": model.tasks[t], "output": f"logits_{t}", "temperature": 1.0}
+            for t in task_names
+        },
+        "max_length": max_length,
+        "cleaning_version": meta["cleaning_version"],
+        "max_chars": int(meta.get("max_chars", 1000)),
+        "signature": {
+            "inputs": [
+                {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+                {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
+            ],
+            "outputs": [
+                {"name": f"logits_{t}", "dtype": "float32", "shape": ["batch", len(model.tasks[t])]}
+                for t in task_names
+            ],
+        },
+        "base_model": meta.get("base_model", "unknown"),
+        "backbone": meta.get("backbone", {}),
+        "training_data": {
+            "path": meta.get("data"),
+            "fingerprint": meta.get("data_fingerprint"),
+            "train_examples": meta.get("train_examples"),
+            "val_examples": meta.get("val_examples"),
+        },
+        "training": {
+            "config": meta.get("training_config", {}),
+            "best_step": meta.get("best_step"),
+            "steps": meta.get("steps"),
+            "seconds": meta.get("train_seconds"),
+            "device": meta.get("device"),
+            "history": meta.get("history", []),
+        },
+        "training_command": config.command_line,
+        "metrics": {"validation": metrics, "verification": verification},
+        "quantization": {
+            "method": "onnxruntime dynamic quantization",
+            "weights": "int8 (MatMul weights and embedding tables)",
+            "activations": "uint8, dynamic per batch",
+            "graph_fusions": fused,
+            "opset": config.opset,
+            "model_bytes": (config.output / "model.onnx").stat().st_size,
+        },
+        "files": files,
+        "parent_version": config.parent_version,
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    (config.output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    load_manifest(config.output)  # refuse to leave a folder we could not load ourselves
+    (config.output / "README.md").write_text(render_model_card(manifest))
+    return config.output

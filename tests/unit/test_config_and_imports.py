@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sentistream.config import Settings, settings_markdown
+from sentistream.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    OverloadedError,
+    SentistreamError,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_env_prefix_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTISTREAM_BATCH_SIZE", "7")
+    monkeypatch.setenv("SENTISTREAM_MODEL", "other:2")
+    s = Settings()
+    assert s.batch_size == 7 and s.model == "other:2"
+    assert Settings(batch_size=9).batch_size == 9  # flags (init values) beat the environment
+
+
+def test_invalid_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTISTREAM_BATCH_SIZE", "zero")
+    with pytest.raises(ValueError, match="batch_size"):
+        Settings()
+
+
+def test_every_setting_documented_and_reference_page_current() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"setting {name} has no description"
+    page = settings_markdown()
+    for name in Settings.model_fields:
+        assert f"SENTISTREAM_{name.upper()}" in page
+    committed = (REPO / "docs" / "reference" / "settings.md").read_text()
+    assert committed == page, "docs/reference/settings.md is stale: run `make docs`"
+
+
+def test_errors_carry_status() -> None:
+    assert InvalidInputError("x").http_status == 400
+    assert InvalidInputError("x").grpc_code == "INVALID_ARGUMENT"
+    assert ModelNotFoundError("x").http_status == 404
+    assert OverloadedError("x").http_status == 429
+    assert OverloadedError("x").grpc_code == "RESOURCE_EXHAUSTED"
+    assert issubclass(InvalidInputError, SentistreamError)
+    assert InvalidInputError("bad").to_dict() == {"error": "InvalidInputError", "message": "bad"}
+
+
+def test_serving_path_does_not_import_torch(tiny_repo: Path) -> None:
+    code = (
+        "import sys\n"
+        "from sentistream.config import Settings\n"
+        "from sentistream.runtime import load_classifier\n"
+        "import sentistream.cli, sentistream.classify_file, sentistream.evaluate\n"
+        f"c = load_classifier(Settings(model_repository={str(tiny_repo)!r}, model='tiny'))\n"
+        "c.classify(['hello'])\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sentistream.errors import InvalidInputError
+from sentistream.runtime import Classifier
+
+TEXTS = [
+    "i love this game",
+    "bad",
+    "the worst day, really awful and boring and sad and terrible and not fun at all",
+    "this movie is great",
+    "we lost the game today but the team was good",
+    "happy",
+    "you are awful",
+    "new music today, amazing new show and great food with people",
+    "it is what it is",
+    "thanks",
+]
+
+
+def test_order_restored_and_equal_to_one_by_one(tiny_classifier: Classifier) -> None:
+    # batch_size=4: ten texts of mixed length are sorted into three batches and put back.
+    together = tiny_classifier.classify(TEXTS)
+    alone = [tiny_classifier.classify([t])[0] for t in TEXTS]
+    assert len(together) == len(TEXTS)
+    for a, b in zip(together, alone, strict=True):
+        assert a.label == b.label
+        for task in a.tasks:
+            for label, p in a.tasks[task].scores.items():
+                assert p == pytest.approx(b.tasks[task].scores[label], abs=1e-5)
+
+
+def test_token_counts_follow_input_order(tiny_classifier: Classifier) -> None:
+    preds = tiny_classifier.classify(TEXTS)
+    lengths = [len(e.ids) for e in tiny_classifier.tokenizer.encode_batch(TEXTS)]
+    assert [p.tokens for p in preds] == lengths
+
+
+def test_probabilities_are_distributions(tiny_classifier: Classifier) -> None:
+    probs, _ = tiny_classifier.probabilities(TEXTS)
+    for task, matrix in probs.items():
+        assert matrix.shape == (len(TEXTS), len(tiny_classifier.tasks[task]))
+        np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_plan_batches_bounded_by_size_and_token_budget(tiny_classifier: Classifier) -> None:
+    tiny_classifier.max_batch_tokens = 64
+    lengths = [3, 40, 5, 30, 2, 64, 10, 7]
+    batches = tiny_classifier.plan_batches(lengths)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= tiny_classifier.batch_size
+        widths = [lengths[i] for i in batch]
+        assert len(batch) == 1 or max(widths) * len(batch) <= 64
+        assert widths == sorted(widths)
+
+
+def test_every_task_in_one_pass_and_subset(tiny_classifier: Classifier) -> None:
+    calls = 0
+    forward = tiny_classifier.backend.forward
+
+    def counting(ids, mask):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return forward(ids, mask)
+
+    tiny_classifier.backend.forward = counting  # type: ignore[method-assign]
+    full = tiny_classifier.classify(["i love this"])[0]
+    assert calls == 1
+    assert set(full.tasks) == {"sentiment", "offensive"}
+    assert full.to_dict()["tasks"]["offensive"]["label"] in {"offensive", "not-offensive"}
+    only = tiny_classifier.classify(["i love this"], tasks=["offensive"])[0]
+    assert set(only.tasks) == {"offensive"}
+    assert only.label == full.tasks["offensive"].label
+
+
+def test_unknown_task(tiny_classifier: Classifier) -> None:
+    with pytest.raises(InvalidInputError, match="unknown task"):
+        tiny_classifier.classify(["x"], tasks=["irony"])
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        (["ok", ""], r"texts\[1\]: text is empty"),
+        ([42], "must be a string"),
+        (["x" * 30_000], "limit"),
+    ],
+)
+def test_bad_inputs_are_refused_with_a_reason(
+    tiny_classifier: Classifier, texts: list[object], message: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        tiny_classifier.classify(texts)
+
+
+def test_empty_request(tiny_classifier: Classifier) -> None:
+    assert tiny_classifier.classify([]) == []
+
+
+def test_long_text_truncated_to_max_length(tiny_classifier: Classifier) -> None:
+    pred = tiny_classifier.classify(["love " * 500])[0]
+    assert pred.tokens == tiny_classifier.max_length

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sentistream.errors import InvalidInputError
+from sentistream.text import clean
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("I can\\u2019t wait", "I can’t wait"),
+        ("red\\u002c white", "red, white"),
+        ("Fish &amp; chips &lt;3", "Fish & chips <3"),
+        ("double &amp;amp; encoded", "double & encoded"),
+        ("\\ud83d\\ude02 lol", "face with tears of joy lol"),
+        ("see https://t.co/abc123 now", "see http now"),
+        ("www.example.com/page rocks", "http rocks"),
+        ("@jack @user_2 hello", "@user @user hello"),
+        ("mail me at a@b.com", "mail me at a@b.com"),
+        ("#HappyBirthday to you", "#Happy Birthday to you"),
+        ("#nhl tonight", "#nhl tonight"),
+        ("great 😂😂😂", "great face with tears of joy"),
+        ("love it ❤️👍🏽", "love it heavy black heart thumbs up sign"),
+        ("go 🇺🇸!", "go flag !"),
+        ("tabs\tand\nnew\r\nlines", "tabs and new lines"),
+        ("zero\u200bwidth and bidi\u202eoverride", "zero width and bidioverride"),
+        ("𝐁𝐨𝐥𝐝 text", "Bold text"),
+        ("  lots   of    space  ", "lots of space"),
+    ],
+)
+def test_examples(raw: str, expected: str) -> None:
+    assert clean(raw) == expected
+
+
+def test_caps_length() -> None:
+    assert len(clean("word " * 1000, max_chars=50)) <= 50
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "\u200b\u200d", "\x00\x01\x02", "\ufe0f"])
+def test_empty_after_cleaning_raises(raw: str) -> None:
+    with pytest.raises(InvalidInputError, match="empty"):
+        clean(raw)
+
+
+@pytest.mark.parametrize("raw", [None, 3, b"bytes", ["list"]])
+def test_non_text_raises(raw: object) -> None:
+    with pytest.raises(InvalidInputError, match="must be a string"):
+        clean(raw)
+
+
+def test_unknown_tokens_do_not_hide_emoji() -> None:
+    # Emoji become words the tokenizer knows instead of [UNK].
+    assert "[UNK]" not in clean("🔥🔥 so good 😍")
+    assert "fire" in clean("🔥🔥 so good 😍")
+
+
+_settings = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_tweetish = st.text(
+    alphabet=st.sampled_from(list("ab #@&;\\u0123456789dfx:/.wh\t\n😂🇺🇸❤️\ufe0f\u200d👍🏽𝐁")),
+    max_size=80,
+)
+
+
+@_settings
+@given(st.text(max_size=300))
+def test_never_crashes_on_arbitrary_unicode(raw: str) -> None:
+    try:
+        out = clean(raw)
+    except InvalidInputError:
+        return
+    assert out and out == out.strip()
+
+
+@_settings
+@given(st.one_of(st.text(max_size=300), _tweetish))
+def test_idempotent(raw: str) -> None:
+    try:
+        once = clean(raw)
+    except InvalidInputError:
+        return
+    assert clean(once) == once
+
+
+@_settings
+@given(st.one_of(st.text(max_size=300), _tweetish), st.integers(min_value=1, max_value=40))
+def test_idempotent_with_cap(raw: str, cap: int) -> None:
+    try:
+        once = clean(raw, max_chars=cap)
+    except InvalidInputError:
+        return
+    assert len(once) <= cap
+    assert clean(once, max_chars=cap) == once

@@ -1,0 +1,247 @@
+"""Training, export and the torch backend on tiny models the test builds (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from sentistream.config import Settings  # noqa: E402
+from sentistream.runtime import Classifier, load_classifier  # noqa: E402
+from sentistream.testing import tiny_tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+POS = ["love", "great", "happy", "best", "awesome", "amazing", "nice", "fun", "glad", "win"]
+NEG = ["hate", "bad", "worst", "awful", "terrible", "sad", "angry", "horrible", "sick", "fail"]
+NEU = ["day", "today", "game", "movie", "music", "food", "show", "team", "time", "people"]
+
+
+def _sentences(words: list[str], n: int, rng: random.Random) -> list[str]:
+    return [
+        " ".join(rng.choice(words) for _ in range(rng.randint(2, 6)))
+        + " "
+        + " ".join(rng.choice(NEU) for _ in range(rng.randint(0, 3)))
+        for _ in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("backbone")
+    tok = tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tweeteval") / "sentiment"
+    folder.mkdir()
+    rng = random.Random(0)
+    for split, n in (("train", 60), ("val", 20)):
+        rows = [(t, 0) for t in _sentences(NEG, n, rng)] + [(t, 2) for t in _sentences(POS, n, rng)]
+        rows += [(" ".join(rng.choice(NEU) for _ in range(4)), 1) for _ in range(n)]
+        rng.shuffle(rows)
+        if split == "train":
+            rows.append(("", 1))  # an empty line is a real example and must not shift labels
+        (folder / f"{split}_text.txt").write_text("\n".join(t for t, _ in rows) + "\n")
+        (folder / f"{split}_labels.txt").write_text("\n".join(str(y) for _, y in rows) + "\n")
+    (folder / "mapping.txt").write_text("0\tnegative\n1\tneutral\n2\tpositive\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tiny_backbone: Path, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    from sentistream.training.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    return finetune(
+        FinetuneConfig(
+            data=tiny_dataset,
+            output=out,
+            base_model=str(tiny_backbone),
+            epochs=8,
+            batch_size=16,
+            lr=3e-3,
+            max_length=32,
+            eval_every=6,
+            patience=50,
+            seed=1,
+            threads=1,
+            bf16=False,
+        )
+    )
+
+
+def test_empty_lines_are_kept_as_examples(tiny_dataset: Path) -> None:
+    from sentistream.training.data import load_split
+
+    split = load_split(tiny_dataset, "train")
+    assert len(split.texts) == len(split.labels) == 181
+    assert split.texts[-1] == "" and split.labels[-1] == 1
+    assert split.label_names == ["negative", "neutral", "positive"]
+
+
+def test_finetune_learns_and_records_provenance(trained: Path) -> None:
+    meta = json.loads((trained / "checkpoint.json").read_text())
+    assert meta["val_metrics"]["sentiment"]["official_metric"] == "macro_recall"
+    # The toy task is learnable: far above the 1/3 of chance.
+    assert meta["val_metrics"]["sentiment"]["official_score"] >= 0.8
+    assert meta["data_fingerprint"].startswith("sha256:")
+    assert meta["cleaning_version"] == "1"
+    assert meta["history"] and meta["best_step"] > 0
+
+
+def test_export_int8_matches_torch_and_loads(
+    trained: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from sentistream.runtime.onnx import OnnxBackend
+    from sentistream.runtime.torch import load_torch_model
+    from sentistream.training.export import ExportConfig, export
+
+    folder = export(
+        ExportConfig(
+            checkpoint=trained,
+            output=tmp_path / "repo" / "toy" / "1",
+            verify_data=tiny_dataset,
+            keep_fp32=True,
+            min_agreement=0.9,
+            command_line="sentistream train ...",
+        )
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["metrics"]["verification"]["argmax_agreement_int8_vs_fp32"] >= 0.9
+    assert (folder / "README.md").read_text().startswith("# toy v1")
+    assert "sentistream train ..." in (folder / "README.md").read_text()
+
+    texts = ["i love this great day", "worst awful game", "music today", "so sad and angry"]
+    parts = load_torch_model(str(trained))
+    common = dict(
+        tasks=parts["tasks"],
+        primary_task="sentiment",
+        max_length=32,
+        max_chars=1000,
+        name="toy",
+        version="1",
+    )
+    torch_clf = Classifier(parts["backend"], parts["tokenizer"], **common)  # type: ignore[arg-type]
+    fp32 = Classifier(
+        OnnxBackend(folder / "model.fp32.onnx", {"sentiment": "logits_sentiment"}),
+        parts["tokenizer"],
+        **common,
+    )  # type: ignore[arg-type]
+    p_torch, _ = torch_clf.probabilities(texts)
+    p_fp32, _ = fp32.probabilities(texts)
+    np.testing.assert_allclose(p_fp32["sentiment"], p_torch["sentiment"], atol=1e-4)
+
+    int8 = load_classifier(Settings(model_repository=tmp_path / "repo", model="toy"))
+    labels = [p.label for p in int8.classify(texts)]
+    assert labels[0] == "positive" and labels[1] == "negative"
+
+
+def test_evaluate_command_scores_the_exported_model(
+    trained: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from sentistream.evaluate import evaluate_model
+    from sentistream.training.export import ExportConfig, export
+
+    export(ExportConfig(checkpoint=trained, output=tmp_path / "toy" / "1", min_agreement=0))
+    result = evaluate_model(
+        Settings(model_repository=tmp_path, model="toy"),
+        tiny_dataset,
+        output=tmp_path / "report.json",
+    )
+    assert result["summary"]["n"] == 60
+    assert result["summary"]["macro_recall"] >= 0.8
+    assert json.loads((tmp_path / "report.json").read_text())["report"]["confusion_matrix"]
+
+
+def test_csv_dataset_with_holdout(tiny_backbone: Path, tmp_path: Path) -> None:
+    import csv
+
+    from sentistream.training.finetune import FinetuneConfig, finetune
+
+    rng = random.Random(3)
+    path = tmp_path / "reviews.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "text", "label"])
+        for i, t in enumerate(_sentences(POS, 40, rng)):
+            w.writerow([i, t, "positive"])
+        for i, t in enumerate(_sentences(NEG, 40, rng)):
+            w.writerow([100 + i, t, "negative"])
+    out = finetune(
+        FinetuneConfig(
+            data=path,
+            output=tmp_path / "ck",
+            task="reviews",
+            base_model=str(tiny_backbone),
+            epochs=1,
+            batch_size=16,
+            lr=1e-3,
+            max_length=32,
+            threads=1,
+            bf16=False,
+        )
+    )
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["tasks"] == {"reviews": ["negative", "positive"]}
+    assert meta["val_examples"] == 8 and meta["train_examples"] == 72
+
+
+def test_torch_backend_loads_a_hugging_face_model_folder(tmp_path: Path) -> None:
+    """The same code path as a hub id when online; tested with a local tiny model."""
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    tok = tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(tmp_path, safe_serialization=True)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    ).save_pretrained(tmp_path)
+    clf = load_classifier(Settings(backend="torch", model=str(tmp_path)))
+    pred = clf.classify(["i love it", "so bad"])
+    assert {p.label for p in pred} <= {"negative", "positive"}
+    assert abs(sum(pred[0].tasks["sentiment"].scores.values()) - 1) < 1e-5
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sentistream.errors import ModelLoadError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="cannot load Hugging Face model"):
+        load_classifier(Settings(backend="torch", model="nobody/no-such-model-xyz"))
