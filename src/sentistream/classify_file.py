@@ -21,7 +21,7 @@ from sentistream.errors import InvalidInputError
 from sentistream.runtime.base import Classifier, Prediction
 from sentistream.schemas import Post, parse_post, result_record
 
-__all__ = ["classify_file", "format_prediction"]
+__all__ = ["classify_file", "format_prediction", "write_record"]
 
 CHUNK_LINES = 1024
 
@@ -36,6 +36,16 @@ def format_prediction(text: str, pred: Prediction) -> str:
     )
     shown = text if len(text) <= 70 else text[:67] + "..."
     return f"{primary.label:<9} {primary.score:.3f}  [{probs}]  {shown}{others}"
+
+
+def write_record(
+    out: IO[str], classifier: Classifier, post: Post, pred: Prediction, latency_ms: float
+) -> None:
+    """Write one result record as a JSON line."""
+    record = result_record(
+        post, pred, model=classifier.name, model_version=classifier.version, latency_ms=latency_ms
+    )
+    out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def _lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -120,14 +130,7 @@ def classify_file(
             preds = classifier.classify_clean([c for _, c in good], tasks)
             latency_ms = (time.perf_counter() - t0) * 1000
             for (post, _), pred in zip(good, preds, strict=True):
-                record = result_record(
-                    post,
-                    pred,
-                    model=classifier.name,
-                    model_version=classifier.version,
-                    latency_ms=latency_ms,
-                )
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                write_record(out, classifier, post, pred, latency_ms)
             counts["records"] += len(good)
             if bar is not None:
                 bar.update(sum(len(line) + 1 for _, line in chunk))

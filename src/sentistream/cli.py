@@ -19,6 +19,26 @@ from sentistream.errors import SentistreamError
 
 __all__ = ["main"]
 
+_SERVER_FLAGS = (
+    "host",
+    "http_port",
+    "grpc_port",
+    "serve_models",
+    "version_policy",
+    "model_poll_seconds",
+    "max_batch_texts",
+    "max_delay_ms",
+    "max_queue_texts",
+    "max_texts_per_request",
+    "max_body_bytes",
+    "tls_cert_file",
+    "tls_key_file",
+    "cors_origins",
+    "workers",
+    "drain_seconds",
+    "log_level",
+    "log_format",
+)
 _SETTING_FLAGS = (
     "model_repository",
     "model",
@@ -46,8 +66,49 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Any:
     from sentistream.config import Settings
 
-    overrides = {k: getattr(args, k) for k in _SETTING_FLAGS if getattr(args, k, None) is not None}
+    names = _SETTING_FLAGS + _SERVER_FLAGS
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     return Settings(**overrides)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from sentistream.server.app import serve
+
+    return serve(_settings(args))
+
+
+def _cmd_admin(args: argparse.Namespace) -> int:
+    import os
+    import urllib.error
+    import urllib.request
+
+    paths = {
+        "load": f"/v2/repository/models/{args.model}/load",
+        "unload": f"/v2/repository/models/{args.model}/unload",
+        "rollback": f"/v2/repository/models/{args.model}/rollback",
+        "refresh": "/v2/repository/refresh",
+        "index": "/v2/repository/index",
+    }
+    if args.action in {"load", "unload", "rollback"} and not args.model:
+        print(f"error: {args.action} needs a model name", file=sys.stderr)
+        return 2
+    url = args.url.rstrip("/") + paths[args.action]
+    if args.version:
+        url += f"?version={args.version}"
+    request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310
+    token = os.environ.get("SENTISTREAM_AUTH_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
+            print(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        print(f"error: HTTP {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"error: cannot reach {args.url}: {exc.reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -232,6 +293,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default="label")
     _add_setting_flags(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("serve", help="serve the model repository over HTTP and gRPC")
+    g = p.add_argument_group("server settings (also SENTISTREAM_* environment variables)")
+    g.add_argument("--host")
+    g.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
+    g.add_argument("--grpc-port", type=int, help="gRPC port (default 8500)")
+    g.add_argument(
+        "--serve-models",
+        type=lambda v: [x for x in v.split(",") if x],
+        help="comma-separated NAME[:VERSION] (default: every model)",
+    )
+    g.add_argument("--version-policy", choices=["latest", "all"])
+    g.add_argument("--model-poll-seconds", type=float)
+    g.add_argument("--max-batch-texts", type=int)
+    g.add_argument("--max-delay-ms", type=float)
+    g.add_argument("--max-queue-texts", type=int)
+    g.add_argument("--max-texts-per-request", type=int)
+    g.add_argument("--max-body-bytes", type=int)
+    g.add_argument("--tls-cert-file", type=Path)
+    g.add_argument("--tls-key-file", type=Path)
+    g.add_argument("--cors-origins", type=lambda v: [x for x in v.split(",") if x])
+    g.add_argument("--workers", type=int)
+    g.add_argument("--drain-seconds", type=float)
+    g.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    g.add_argument("--log-format", choices=["json", "text"])
+    _add_setting_flags(p)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("admin", help="load, unload, roll back or refresh models on a server")
+    p.add_argument("action", choices=["load", "unload", "rollback", "refresh", "index"])
+    p.add_argument("model", nargs="?", help="model name")
+    p.add_argument("--version", help="version for load/unload")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
+    p.set_defaults(func=_cmd_admin)
 
     p = sub.add_parser("settings", help="show settings, or the reference page")
     p.add_argument("--markdown", action="store_true")

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["BUNDLED_MODELS", "Settings", "default_threads", "settings_markdown"]
 
@@ -77,9 +77,84 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Server logs: one JSON object per line, or plain text."
+    )
+
+    # -- model server ---------------------------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Address the HTTP and gRPC servers bind to.")  # noqa: S104
+    http_port: int = Field(
+        8000,
+        ge=0,
+        le=65535,
+        description="HTTP port (REST, KServe V2 REST, TF Serving REST, metrics, docs).",
+    )
+    grpc_port: int = Field(
+        8500,
+        ge=0,
+        le=65535,
+        description="gRPC port (KServe V2 and TF Serving PredictionService), 8500 like TF Serving.",
+    )
+    serve_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models to serve, comma-separated NAME or NAME:VERSION (a version pins it); "
+        "empty: every model in the repository.",
+    )
+    version_policy: Literal["latest", "all"] = Field(
+        "latest", description="Versions served for models not pinned: the newest, or all."
+    )
+    model_poll_seconds: float = Field(
+        5.0, ge=0, description="How often the repository is checked for new versions (0: never)."
+    )
+    max_batch_texts: int = Field(
+        64, ge=1, description="Most texts the dynamic batcher merges into one classifier call."
+    )
+    max_delay_ms: float = Field(
+        2.0, ge=0, description="Longest wait for more requests before a batch runs."
+    )
+    max_queue_texts: int = Field(
+        1024,
+        ge=1,
+        description="Texts allowed to wait per model; beyond it requests get "
+        "429 / RESOURCE_EXHAUSTED at once.",
+    )
+    max_texts_per_request: int = Field(256, ge=1, description="Most texts in one request.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body (HTTP) or message (gRPC) in bytes."
+    )
+    auth_token: SecretStr | None = Field(
+        None,
+        description="Bearer token required on REST and gRPC when set (health, readiness "
+        "and metrics stay open). Give it through the environment or a secret, never a flag.",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate: serve HTTPS and gRPC over TLS (with tls_key_file)."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS (comma-separated); empty: CORS off.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the ports (SO_REUSEPORT). Each "
+        "gets intra_op_threads (default: cores / workers) ONNX Runtime threads.",
+    )
+    drain_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM: longest wait for in-flight requests before exit."
+    )
+
+    @field_validator("serve_models", "cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     def resolved_intra_op_threads(self) -> int:
-        return self.intra_op_threads or default_threads()
+        return self.intra_op_threads or max(1, default_threads() // self.workers)
 
 
 def settings_markdown() -> str:
@@ -98,6 +173,8 @@ def settings_markdown() -> str:
         default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
         if name == "model_repository":
             default = "<package>/models"
+        if name == "auth_token":
+            default = "None"
         annotation = getattr(field.annotation, "__name__", str(field.annotation))
         annotation = str(annotation).replace("typing.", "").replace("|", "\\|")
         lines.append(

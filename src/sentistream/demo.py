@@ -6,16 +6,15 @@ as live results (or as result records with ``--json``). Needs nothing but the pa
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import IO
 
-from sentistream.classify_file import format_prediction
+from sentistream.classify_file import format_prediction, write_record
 from sentistream.runtime.base import Classifier
-from sentistream.schemas import parse_post, result_record
+from sentistream.schemas import parse_post
 
 __all__ = ["SAMPLE_POSTS", "run_demo"]
 
@@ -49,14 +48,7 @@ def run_demo(
             latency = (time.perf_counter() - t0) * 1000
             counts[pred.label] += 1
             if as_json:
-                record = result_record(
-                    post,
-                    pred,
-                    model=classifier.name,
-                    model_version=classifier.version,
-                    latency_ms=latency,
-                )
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                write_record(out, classifier, post, pred, latency)
             else:
                 text = format_prediction(post.text, pred)
                 if colour:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -19,7 +20,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from sentistream.manifest import MANIFEST_FORMAT, file_sha256
 from sentistream.text import CLEANING_VERSION
 
-__all__ = ["TINY_WORDS", "tiny_model_folder", "tiny_tokenizer"]
+__all__ = ["TINY_WORDS", "ServerProcess", "free_port", "tiny_model_folder", "tiny_tokenizer"]
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TINY_WORDS = """
@@ -154,3 +155,129 @@ def tiny_model_folder(
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """``sentistream serve`` in a real subprocess on free ports, for tests and benchmarks.
+
+    Use as a context manager; ``http``/``grpc`` hold ``host:port``; ``stop()`` sends SIGTERM and
+    returns the exit code; ``log`` holds what the server wrote to stderr.
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        *,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.repository = repository
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.env = env or {}
+        self.args = args or []
+        self.ready_timeout = ready_timeout
+        self.proc: Any = None
+        self._log_path: Path | None = None
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if "--tls-cert-file" in self.args else "http"
+        return f"{scheme}://{self.http}"
+
+    def start(self) -> ServerProcess:
+        import os
+        import subprocess
+        import sys
+        import tempfile
+        import time
+
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **self.env}
+        fd, name = tempfile.mkstemp(prefix="sentistream-server-", suffix=".log")
+        self._log_path = Path(name)
+        cmd = [
+            sys.executable,
+            "-m",
+            "sentistream",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(self.http_port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--model-repository",
+            str(self.repository),
+            "--intra-op-threads",
+            "1",
+            *self.args,
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=fd, stderr=fd, env=env)
+        os.close(fd)
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log}")
+            if self.is_ready():
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"server not ready in {self.ready_timeout}s:\n{self.log}")
+
+    def is_ready(self) -> bool:
+        import ssl
+        import urllib.request
+
+        context = ssl._create_unverified_context()  # noqa: S323 - a test server's own cert
+        try:
+            with urllib.request.urlopen(  # noqa: S310
+                f"{self.url}/v2/health/ready", timeout=1, context=context
+            ) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    @property
+    def log(self) -> str:
+        return self._log_path.read_text(errors="replace") if self._log_path else ""
+
+    def stop(self, timeout: float = 60.0) -> int:
+        import signal
+
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._log_path is not None:
+            self._log_path.unlink(missing_ok=True)

@@ -204,17 +204,18 @@ class Classifier:
                 probs[task][rows] = softmax(logits[task], self.temperatures.get(task, 1.0))
         return probs, lengths
 
-    def classify_clean(
-        self, cleaned: Sequence[str], tasks: Sequence[str] | None = None
+    def build_predictions(
+        self,
+        probs: dict[str, FloatArray],
+        lengths: Sequence[int],
+        tasks: Sequence[str],
+        rows: Sequence[int] | range | None = None,
     ) -> list[Prediction]:
-        """Classify texts already passed through :meth:`prepare`."""
-        selected = self.select_tasks(tasks)
-        if not cleaned:
-            return []
-        probs, lengths = self.probabilities(cleaned)
+        """Predictions for ``rows`` of probability matrices from :meth:`probabilities`."""
+        selected = list(tasks)
         primary = self.primary_task if self.primary_task in selected else selected[0]
         out: list[Prediction] = []
-        for row in range(len(cleaned)):
+        for row in rows if rows is not None else range(len(lengths)):
             per_task: dict[str, TaskPrediction] = {}
             for task in selected:
                 p = probs[task][row]
@@ -227,3 +228,13 @@ class Classifier:
                 )
             out.append(Prediction(primary=primary, tasks=per_task, tokens=lengths[row]))
         return out
+
+    def classify_clean(
+        self, cleaned: Sequence[str], tasks: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """Classify texts already passed through :meth:`prepare`."""
+        selected = self.select_tasks(tasks)
+        if not cleaned:
+            return []
+        probs, lengths = self.probabilities(cleaned)
+        return self.build_predictions(probs, lengths, selected)

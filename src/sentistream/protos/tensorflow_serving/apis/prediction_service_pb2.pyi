@@ -1,0 +1,5 @@
+from sentistream.protos.tensorflow_serving.apis import predict_pb2 as _predict_pb2
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor

@@ -1,0 +1,1 @@
+"""The model server: REST (FastAPI) and gRPC over one core (:class:`ModelRegistry`)."""

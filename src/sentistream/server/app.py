@@ -1,0 +1,156 @@
+"""``sentistream serve``: one process (or ``workers`` processes sharing the ports) serving the
+model repository over HTTP and gRPC.
+
+Start: both listeners come up first (live, not ready), then models load and warm; readiness
+turns true when every configured model serves. SIGTERM/SIGINT: readiness turns false, the
+listeners stop accepting, requests in flight finish (up to ``drain_seconds``), batchers drain,
+and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from sentistream.config import Settings
+from sentistream.monitoring import ServerMetrics
+from sentistream.server.grpc_api import build_grpc_server
+from sentistream.server.logs import configure_logging
+from sentistream.server.registry import ModelRegistry
+from sentistream.server.rest import create_app
+
+__all__ = ["serve"]
+
+log = logging.getLogger("sentistream.server")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: this module owns SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve_async(settings: Settings) -> int:
+    metrics = ServerMetrics()
+    registry = ModelRegistry(settings, observer=metrics)
+    app = create_app(registry, metrics, settings)
+    grpc_server, grpc_port = build_grpc_server(registry, metrics, settings)
+    sock = _bind(settings.host, settings.http_port, settings.workers > 1)
+    http_port = sock.getsockname()[1]
+    tls = settings.tls_cert_file and settings.tls_key_file
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=int(settings.drain_seconds) or None,
+        ssl_certfile=str(settings.tls_cert_file) if tls else None,
+        ssl_keyfile=str(settings.tls_key_file) if tls else None,
+        limit_concurrency=None,
+        timeout_keep_alive=30,
+    )
+    http = _Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await grpc_server.start()
+    http_task = loop.create_task(http.serve(sockets=[sock]))
+    log.info(
+        "listening",
+        extra={
+            "http_port": http_port,
+            "grpc_port": grpc_port,
+            "pid": os.getpid(),
+            "tls": bool(tls),
+        },
+    )
+    code = 0
+    try:
+        load = loop.create_task(registry.start())
+        done, _ = await asyncio.wait(
+            {load, loop.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if load in done and load.exception() is not None:
+            exc = load.exception()
+            log.error("model loading failed: %s", getattr(exc, "message", exc))
+            code = 1
+        elif load in done:
+            log.info(
+                "ready", extra={"models": [f"{m.name}:{m.version}" for m in registry.models()]}
+            )
+            metrics.ready.set(1)
+            for m in registry.models():
+                metrics.model_info.labels(m.name, m.version).set(1)
+            await stop.wait()
+        else:
+            load.cancel()
+    finally:
+        log.info("draining", extra={"in_flight": registry.in_flight})
+        registry.draining = True
+        registry.ready = False
+        http.should_exit = True
+        await asyncio.gather(
+            grpc_server.stop(settings.drain_seconds), http_task, return_exceptions=True
+        )
+        await registry.drain(settings.drain_seconds)
+        await registry.close()
+        log.info("stopped")
+    return code
+
+
+def _worker(settings_json: str) -> None:
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_level, settings.log_format)
+    raise SystemExit(asyncio.run(serve_async(settings)))
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM; returns the exit code."""
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.workers == 1:
+        return asyncio.run(serve_async(settings))
+    ctx = multiprocessing.get_context("spawn")
+    data = settings.model_dump_json(exclude={"auth_token"})
+    if settings.auth_token is not None:  # model_dump_json masks secrets: pass it through env
+        os.environ["SENTISTREAM_AUTH_TOKEN"] = settings.auth_token.get_secret_value()
+    procs = [
+        ctx.Process(target=_worker, args=(data,), name=f"worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _: object) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()
+    return max((p.exitcode or 0) for p in procs)

@@ -1,0 +1,129 @@
+"""The CLI in fresh processes, on the model shipped inside the package."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sentistream.config import BUNDLED_MODELS
+
+pytestmark = pytest.mark.integration
+MODEL = BUNDLED_MODELS / "tweet-sentiment" / "1"
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sentistream", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I love this so much, best day ever! 😍", "positive"),
+        ("Just got the job offer, I'm so happy and grateful!! #blessed", "positive"),
+        ("What an amazing game last night, proud of the team", "positive"),
+        ("I hate this, worst customer service ever. Never again.", "negative"),
+        (
+            "My flight got cancelled again and nobody helps. Absolutely disgusting @airline",
+            "negative",
+        ),
+        ("This is terrible, I'm so angry and sad right now 😡", "negative"),
+    ],
+)
+def test_obvious_posts_get_the_right_label(text: str, expected: str) -> None:
+    out = json.loads(run("classify", "--json", text).stdout)
+    assert out["label"] == expected, out
+    assert out["scores"][expected] > 0.5
+
+
+def test_plain_output_and_empty_text_error() -> None:
+    assert run("classify", "I love this").stdout.startswith("positive")
+    bad = run("classify", "   ", check=False)
+    assert bad.returncode == 1
+    assert "empty after cleaning" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_jsonl_with_good_and_bad_lines_processed_completely(tmp_path: Path) -> None:
+    good = [
+        {"id": f"p{i}", "text": t}
+        for i, t in enumerate(
+            ["love it", "hate it", "meeting at 3pm", "so happy today", "worst film ever"] * 40
+        )
+    ]
+    lines = [json.dumps(g) for g in good]
+    bad = [
+        '{"id": "x1"',
+        '{"id": "x2", "text": 7}',
+        "[]",
+        '{"id": "x3", "text": ""}',
+        "\x00garbage",
+    ]
+    for k, b in enumerate(bad):
+        lines.insert(17 * (k + 1), b)
+    src = tmp_path / "posts.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out, err = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    proc = run(
+        "classify", "--input", str(src), "--output", str(out), "--errors", str(err), "--no-progress"
+    )
+    summary = json.loads(proc.stderr.strip().splitlines()[-1])
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in records] == [g["id"] for g in good]
+    assert summary["records"] == len(good) and summary["rejected"] == len(bad)
+    assert len(err.read_text().splitlines()) == len(bad)
+    for rec in records:
+        assert rec["model"] == "tweet-sentiment" and rec["model_version"] == "1"
+        assert set(rec["scores"]) == {"negative", "neutral", "positive"}
+        assert abs(sum(rec["scores"].values()) - 1) < 1e-3
+        assert rec["label"] == max(rec["scores"], key=rec["scores"].get)
+
+
+def test_models_lists_the_shipped_model() -> None:
+    rows = json.loads(run("models", "--json").stdout)
+    row = next(r for r in rows if r["name"] == "tweet-sentiment")
+    assert row["valid"] and row["tasks"]["sentiment"] == ["negative", "neutral", "positive"]
+    assert "tweet-sentiment:1" in run("models").stdout
+
+
+def test_pick_model_by_name_and_version() -> None:
+    assert run("classify", "--model", "tweet-sentiment:1", "nice").returncode == 0
+    missing = run("classify", "--model", "tweet-sentiment:99", "nice", check=False)
+    assert missing.returncode == 1 and "no version 99" in missing.stderr
+
+
+def test_demo_replays_the_bundled_stream() -> None:
+    proc = run("demo", "--rate", "0", "--json")
+    records = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert len(records) == 40
+    assert {r["label"] for r in records} == {"negative", "neutral", "positive"}
+
+
+def test_shipped_model_meets_its_card() -> None:
+    manifest = json.loads((MODEL / "manifest.json").read_text())
+    ver = manifest["metrics"]["verification"]
+    assert ver["int8_official_score"] >= 0.73
+    assert ver["argmax_agreement_int8_vs_fp32"] >= 0.98
+    assert abs(ver["int8_official_score"] - ver["fp32_official_score"]) <= 0.005
+    assert (MODEL / "model.onnx").stat().st_size < 40_000_000
+    card = (MODEL / "README.md").read_text()
+    assert "sentistream train" in card and "macro_recall" in card
+
+
+def test_evaluate_reproduces_the_card(sentiment_data: Path, tmp_path: Path) -> None:
+    manifest = json.loads((MODEL / "manifest.json").read_text())
+    expected = manifest["metrics"]["verification"]["int8_official_score"]
+    proc = run(
+        "evaluate", str(sentiment_data), "--split", "val", "--output", str(tmp_path / "r.json")
+    )
+    summary = json.loads(proc.stdout)
+    assert summary["n"] == 2000
+    assert summary["macro_recall"] == pytest.approx(expected, abs=0.005)
