@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install system-deps venv test unit integration lint format docs bench train-sentiment export-sentiment eval-sentiment clean
+.PHONY: install system-deps venv test unit integration lint format docs bench bench-server proto serve train-sentiment export-sentiment eval-sentiment clean
 
 install: system-deps venv  ## everything: Debian packages, virtualenv, package with [train,dev] extras
 
@@ -15,7 +15,7 @@ system-deps:
 venv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,dev]'
 
 test: lint  ## the test command: lint, type check, then every test
 	$(BIN)/python -m pytest -q
@@ -27,7 +27,7 @@ integration:
 	$(BIN)/python -m pytest -q tests/integration
 
 lint:
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
 
 format:
@@ -56,3 +56,12 @@ eval-sentiment:
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist
+
+proto:  ## regenerate the gRPC/protobuf modules from proto/
+	PYTHON=$(BIN)/python bash scripts/gen_proto.sh
+
+bench-server:  ## our server (REST, gRPC) vs FastAPI + transformers pipeline; writes benchmarks/results/
+	$(BIN)/python benchmarks/bench_server.py --data $(DATA)/tweeteval/sentiment --checkpoint $(SENTIMENT_RUN)
+
+serve:  ## the model server on :8000 (HTTP) and :8500 (gRPC)
+	$(BIN)/sentistream serve

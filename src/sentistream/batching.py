@@ -53,7 +53,7 @@ class DynamicBatcher:
         classifier: Classifier,
         *,
         max_batch_texts: int = 64,
-        max_delay_ms: float = 2.0,
+        max_delay_ms: float = 0.0,
         max_queue_texts: int = 2048,
         observer: object | None = None,
     ) -> None:
@@ -118,7 +118,14 @@ class DynamicBatcher:
 
     # -- the loop -----------------------------------------------------------------------------
     async def _collect(self) -> list[_Item]:
+        """The next batch: the first waiting request plus everything queued behind it.
+
+        Requests that arrive while a batch runs pile up and go together into the next one, so
+        batches grow with load without any added wait; ``max_delay_ms`` > 0 additionally waits
+        that long for company when the batcher is idle.
+        """
         first = await self._queue.get()
+        await asyncio.sleep(0)  # let requests arriving in the same loop turn join
         items, count = [first], len(first.texts)
         deadline = time.perf_counter() + self.max_delay
         while count < self.max_batch_texts:

@@ -281,6 +281,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-split", help="split of --verify-data (default: val)")
     p.add_argument("--keep-fp32", action="store_true", help="also keep model.fp32.onnx")
     p.add_argument("--min-agreement", type=float, help="int8 vs fp32 argmax agreement required")
+    p.add_argument("--calibration-size", type=int, help="training texts steering quantization")
+    p.add_argument("--max-fp32-nodes", type=int, help="most MatMuls kept fp32 for parity")
     p.add_argument("--command-line", help="the training command, recorded in the model card")
     p.set_defaults(func=_cmd_export)
 

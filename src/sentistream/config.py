@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         32, ge=1, le=1024, description="Most texts in one forward pass (a large request is split)."
     )
     max_batch_tokens: int = Field(
-        8192,
+        1024,
         ge=64,
         description="Most tokens (batch width x rows, padding included) in one forward pass.",
     )
@@ -110,7 +110,10 @@ class Settings(BaseSettings):
         64, ge=1, description="Most texts the dynamic batcher merges into one classifier call."
     )
     max_delay_ms: float = Field(
-        2.0, ge=0, description="Longest wait for more requests before a batch runs."
+        0.0,
+        ge=0,
+        description="Extra wait for more requests when the batcher is idle (requests that "
+        "arrive while a batch runs are always merged into the next one).",
     )
     max_queue_texts: int = Field(
         1024,

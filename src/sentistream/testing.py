@@ -40,7 +40,7 @@ def tiny_tokenizer(extra_words: list[str] | None = None) -> Tokenizer:
         SPECIALS + words + [c for c in letters if c not in words] + [f"##{c}" for c in letters]
     )
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))  # noqa: S106
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
@@ -181,6 +181,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         ready_timeout: float = 60.0,
+        threads: int = 1,
     ) -> None:
         self.repository = repository
         self.http_port = free_port()
@@ -188,6 +189,9 @@ class ServerProcess:
         self.env = env or {}
         self.args = args or []
         self.ready_timeout = ready_timeout
+        self.threads = threads
+        self.started_at = 0.0
+        self.ready_seconds = 0.0
         self.proc: Any = None
         self._log_path: Path | None = None
 
@@ -228,9 +232,10 @@ class ServerProcess:
             "--model-repository",
             str(self.repository),
             "--intra-op-threads",
-            "1",
+            str(self.threads),
             *self.args,
         ]
+        self.started_at = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=fd, stderr=fd, env=env)
         os.close(fd)
         deadline = time.monotonic() + self.ready_timeout
@@ -238,8 +243,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log}")
             if self.is_ready():
+                self.ready_seconds = time.perf_counter() - self.started_at
                 return self
-            time.sleep(0.1)
+            time.sleep(0.02)
         self.stop()
         raise TimeoutError(f"server not ready in {self.ready_timeout}s:\n{self.log}")
 

@@ -517,3 +517,82 @@ def test_metrics_and_openapi(server: ServerProcess) -> None:
     assert "/v1/classify" in schema["paths"] and "/v2/models/{model}/infer" in schema["paths"]
     assert httpx.get(f"{server.url}/docs").status_code == 200
     json.dumps(schema)
+
+
+def test_tls_on_http_and_grpc(repo: Path, tmp_path: Path) -> None:
+    import shutil as sh
+    import subprocess
+
+    if sh.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    args = ["--model", "tiny", "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    with ServerProcess(repo, args=args) as s:
+        assert s.url.startswith("https://")
+        r = httpx.post(f"{s.url}/v1/classify", json={"text": "hi"}, verify=str(cert))
+        assert r.status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(f"http://{s.http}/v1/classify", json={"text": "hi"}, timeout=5)
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        from sentistream.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        with grpc.secure_channel(s.grpc, creds) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            resp = stub.Predict(_tfs_request([b"hello"]), timeout=10)
+        assert resp.outputs["sentiment_label"].string_val
+
+
+def test_requests_of_gone_clients_are_dropped(repo: Path) -> None:
+    args = ["--model", "tiny", "--max-delay-ms", "500", "--max-batch-texts", "1000"]
+    with ServerProcess(repo, args=args) as s:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{s.url}/v1/classify", json={"texts": ["gone"] * 7}, timeout=0.1)
+        time.sleep(0.8)  # the batch the request was waiting for has run
+        ok = httpx.post(f"{s.url}/v1/classify", json={"text": "stays"}, timeout=10)
+        assert ok.status_code == 200
+        texts = [
+            line
+            for line in httpx.get(f"{s.url}/metrics").text.splitlines()
+            if line.startswith("sentistream_texts_total")
+        ]
+    # only the text of the client that waited was classified (plus none of the 7 gone ones)
+    assert texts == ['sentistream_texts_total{model="tiny"} 1.0']
+
+
+def test_several_worker_processes_share_the_ports(repo: Path) -> None:
+    with ServerProcess(repo, args=["--model", "tiny", "--workers", "2"]) as s:
+        with cf.ThreadPoolExecutor(8) as pool:
+            codes = list(
+                pool.map(
+                    lambda _: (
+                        httpx.post(
+                            f"{s.url}/v1/classify", json={"text": "hi"}, timeout=30
+                        ).status_code
+                    ),
+                    range(32),
+                )
+            )
+        assert codes == [200] * 32
+        assert s.stop() == 0

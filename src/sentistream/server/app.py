@@ -42,8 +42,12 @@ class _Server(uvicorn.Server):
 
 def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto
+    # says TCP; without it responses (head and body written separately) wait ~40 ms for the
+    # client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
@@ -77,6 +81,17 @@ async def serve_async(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    preloaded: asyncio.Task[None] | None = None
+    if settings.workers > 1:
+        # Several processes share the ports: a worker must not take connections (the kernel
+        # spreads them over every listener) before its models serve, so it loads first.
+        preloaded = loop.create_task(registry.start())
+        await asyncio.wait({preloaded})
+        if preloaded.exception() is not None:
+            exc = preloaded.exception()
+            log.error("model loading failed: %s", getattr(exc, "message", exc))
+            sock.close()
+            return 1
     await grpc_server.start()
     http_task = loop.create_task(http.serve(sockets=[sock]))
     log.info(
@@ -90,7 +105,7 @@ async def serve_async(settings: Settings) -> int:
     )
     code = 0
     try:
-        load = loop.create_task(registry.start())
+        load = preloaded or loop.create_task(registry.start())
         done, _ = await asyncio.wait(
             {load, loop.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
         )

@@ -224,7 +224,7 @@ def _wrap_methods(service: Any, metrics: ServerMetrics) -> None:
             setattr(service, name, types.MethodType(wrapped, service))
 
 
-class _AuthInterceptor(grpc.aio.ServerInterceptor):
+class _AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, token: bytes) -> None:
         self.token = token
 
@@ -262,8 +262,8 @@ def build_grpc_server(
     prediction = PredictionService(registry, settings)
     _wrap_methods(inference, metrics)
     _wrap_methods(prediction, metrics)
-    v2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
-    tfs_grpc.add_PredictionServiceServicer_to_server(prediction, server)
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)  # type: ignore[no-untyped-call]
+    tfs_grpc.add_PredictionServiceServicer_to_server(prediction, server)  # type: ignore[no-untyped-call]
     address = f"{settings.host}:{settings.grpc_port}"
     if settings.tls_cert_file and settings.tls_key_file:
         creds = grpc.ssl_server_credentials(

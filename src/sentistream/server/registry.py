@@ -307,6 +307,6 @@ class ModelRegistry:
 
 def _mtime(folder: Any) -> float:
     try:
-        return max(p.stat().st_mtime for p in [folder, *folder.iterdir()])
+        return float(max(p.stat().st_mtime for p in [folder, *folder.iterdir()]))
     except (OSError, ValueError):
         return 0.0

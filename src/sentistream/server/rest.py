@@ -95,22 +95,21 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
 
 
 async def _until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
-    """Run ``work``; if the client disconnects first, cancel it (its batch slot is dropped)."""
-    task = asyncio.ensure_future(work)
+    """Await ``work``; if the client disconnects first, cancel this handler so the request's
+    slot in the batch is dropped instead of computed for nobody."""
+    handler = asyncio.current_task()
 
     async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        if handler is not None:
+            handler.cancel()
 
     watcher = asyncio.ensure_future(watch())
-    done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
+    try:
+        return await work
+    finally:
         watcher.cancel()
-        return task.result()
-    task.cancel()
-    raise asyncio.CancelledError("client disconnected")
 
 
 def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settings) -> FastAPI:
@@ -205,16 +204,18 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
         dependencies=protected,
         responses=ERRORS,
     )
-    async def classify_json(request: Request, body: ClassifyRequest) -> ClassifyResponse:
+    async def classify_json(request: Request, body: ClassifyRequest) -> Response:
         if (body.text is None) == (body.texts is None):
             raise InvalidInputError("give exactly one of 'text' or 'texts'")
         texts = [body.text] if body.text is not None else list(body.texts or [])
         loaded, preds = await classify(request, texts, body.model, body.version, body.tasks)
-        return ClassifyResponse(
-            model=loaded.name,
-            model_version=loaded.version,
-            results=[ClassifyResult(**p.to_dict()) for p in preds],
-        )
+        # Built directly (response_model documents it): no second validation pass.
+        payload = {
+            "model": loaded.name,
+            "model_version": loaded.version,
+            "results": [p.to_dict() for p in preds],
+        }
+        return Response(json.dumps(payload).encode(), media_type="application/json")
 
     # -- KServe V2 ---------------------------------------------------------------------
     @app.get("/v2", tags=["kserve-v2"], dependencies=protected, responses=ERRORS)

@@ -23,6 +23,7 @@ from sentistream.manifest import MANIFEST_FORMAT, file_sha256, load_manifest
 from sentistream.metrics import classification_report
 from sentistream.training.card import render_model_card
 from sentistream.training.model import MultiTaskModel, load_checkpoint
+from sentistream.training.quantize import quantize, quantize_to_agreement, run_onnx
 
 __all__ = ["ExportConfig", "export"]
 
@@ -38,6 +39,15 @@ class ExportConfig(BaseModel):
     keep_fp32: bool = False
     optimize: bool = Field(True, description="fuse attention/LayerNorm/GELU before quantizing")
     opset: int = 17
+    calibration_split: str = Field(
+        "train",
+        description="split of --verify-data whose texts "
+        "steer quantization (never the verification split)",
+    )
+    calibration_size: int = Field(3000, ge=0, description="calibration texts (0: no search)")
+    max_fp32_nodes: int = Field(
+        8, ge=0, description="most MatMuls kept fp32 to reach the agreement target"
+    )
     command_line: str | None = Field(None, description="training command for the model card")
     description: str = ""
     parent_version: str | None = None
@@ -98,43 +108,29 @@ def _optimize(src: Path, dst: Path, model: MultiTaskModel) -> bool:
     return True
 
 
-def _quantize(src: Path, dst: Path) -> None:
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _calibration_ids(config: ExportConfig, tokenizer: Any, max_chars: int) -> list[list[int]]:
+    """Token ids of up to ``calibration_size`` texts of the calibration split (seeded sample)."""
+    import random
 
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
-        per_channel=False,
-        reduce_range=False,
-        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT},
-    )
+    from sentistream.text import clean
+    from sentistream.training.data import load_split
 
-
-def _run_onnx(
-    path: Path, ids: list[list[int]], outputs: list[str], pad_id: int
-) -> list[np.ndarray[Any, Any]]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    chunks: list[list[np.ndarray[Any, Any]]] = [[] for _ in outputs]
-    for start in range(0, len(order), 64):
-        idx = order[start : start + 64]
-        width = max(len(ids[i]) for i in idx)
-        x = np.full((len(idx), width), pad_id, dtype=np.int64)
-        m = np.zeros_like(x)
-        for r, i in enumerate(idx):
-            x[r, : len(ids[i])] = ids[i]
-            m[r, : len(ids[i])] = 1
-        for k, out in enumerate(sess.run(outputs, {"input_ids": x, "attention_mask": m})):
-            chunks[k].append(out)
-    inverse = np.argsort(np.asarray(order))
-    return [np.concatenate(c)[inverse] for c in chunks]
+    if config.verify_data is None or config.calibration_size == 0:
+        return []
+    try:
+        split = load_split(config.verify_data, config.calibration_split)
+    except FileNotFoundError:
+        return []
+    texts = split.texts
+    if len(texts) > config.calibration_size:
+        texts = random.Random(0).sample(texts, config.calibration_size)
+    cleaned = []
+    for t in texts:
+        try:
+            cleaned.append(clean(t, max_chars))
+        except ValueError:
+            continue
+    return [e.ids for e in tokenizer.encode_batch(cleaned)]
 
 
 def export(config: ExportConfig) -> Path:
@@ -162,7 +158,21 @@ def export(config: ExportConfig) -> Path:
         if not config.optimize:
             shutil.copy(fp32, optimized)
         int8 = config.output / "model.onnx"
-        _quantize(optimized, int8)
+        pad_id = tokenizer.token_to_id("[PAD]") or 0
+        calibration = _calibration_ids(config, tokenizer, int(meta.get("max_chars", 1000)))
+        if calibration:
+            quant_report = quantize_to_agreement(
+                optimized,
+                int8,
+                calibration,
+                outputs,
+                pad_id,
+                target=min(1.0, config.min_agreement + 0.01),
+                max_fp32_nodes=config.max_fp32_nodes,
+            )
+        else:
+            quantize(optimized, int8)
+            quant_report = {"calibration_texts": 0, "fp32_nodes": []}
         if config.keep_fp32:
             shutil.copy(fp32, config.output / "model.fp32.onnx")
 
@@ -177,9 +187,8 @@ def export(config: ExportConfig) -> Path:
                 except ValueError:
                     texts.append("")
             ids = [e.ids for e in tokenizer.encode_batch(texts)]
-            pad_id = tokenizer.token_to_id("[PAD]") or 0
-            ref = _run_onnx(fp32, ids, outputs, pad_id)
-            q = _run_onnx(int8, ids, outputs, pad_id)
+            ref = run_onnx(fp32, ids, outputs, pad_id)
+            q = run_onnx(int8, ids, outputs, pad_id)
             k = task_names.index(meta.get("task", primary)) if meta.get("task") in task_names else 0
             task = task_names[k]
             labels = model.tasks[task]
@@ -248,8 +257,10 @@ def export(config: ExportConfig) -> Path:
         "training_command": config.command_line,
         "metrics": {"validation": metrics, "verification": verification},
         "quantization": {
-            "method": "onnxruntime dynamic quantization",
-            "weights": "int8 (MatMul weights and embedding tables)",
+            "method": "onnxruntime dynamic quantization, per-channel weights",
+            "weights": "int8 (MatMul/attention weights and embedding tables)",
+            "fp32_nodes": quant_report["fp32_nodes"],
+            "calibration": {k: v for k, v in quant_report.items() if k != "fp32_nodes"},
             "activations": "uint8, dynamic per batch",
             "graph_fusions": fused,
             "opset": config.opset,
