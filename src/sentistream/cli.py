@@ -39,6 +39,21 @@ _SERVER_FLAGS = (
     "log_level",
     "log_format",
 )
+_STREAM_FLAGS = (
+    "redis_url",
+    "input_stream",
+    "consumer_group",
+    "consumer",
+    "output_stream",
+    "output_channel",
+    "dead_letter_stream",
+    "output_maxlen",
+    "dedup_ttl_seconds",
+    "stream_batch_size",
+    "stream_batch_delay_ms",
+    "claim_idle_ms",
+    "max_deliveries",
+)
 _SETTING_FLAGS = (
     "model_repository",
     "model",
@@ -66,9 +81,87 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Any:
     from sentistream.config import Settings
 
-    names = _SETTING_FLAGS + _SERVER_FLAGS
+    names = _SETTING_FLAGS + _SERVER_FLAGS + _STREAM_FLAGS
     overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     return Settings(**overrides)
+
+
+def _add_stream_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("stream settings (also SENTISTREAM_* environment variables)")
+    g.add_argument("--redis-url", help="redis:// or rediss:// URL (prefer SENTISTREAM_REDIS_URL)")
+    g.add_argument("--input-stream")
+    g.add_argument("--consumer-group")
+    g.add_argument("--consumer", help="this worker's consumer name")
+    g.add_argument("--output-stream")
+    g.add_argument("--output-channel")
+    g.add_argument("--dead-letter-stream")
+    g.add_argument("--output-maxlen", type=int)
+    g.add_argument("--dedup-ttl-seconds", type=int)
+    g.add_argument("--stream-batch-size", type=int)
+    g.add_argument("--stream-batch-delay-ms", type=float)
+    g.add_argument("--claim-idle-ms", type=int)
+    g.add_argument("--max-deliveries", type=int)
+
+
+def _add_source_flags(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--source", choices=["file", "stdin", "redis", "x", "bluesky"], default=default)
+    p.add_argument("--input", type=Path, help="JSONL/TXT file for --source file")
+    p.add_argument("--rate", type=float, default=0.0, help="posts per second (0: no limit)")
+    p.add_argument("--loop", action="store_true", help="replay the file forever")
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sentistream.server.logs import configure_logging
+    from sentistream.stream.run import run_stream
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, "text")
+    summary = asyncio.run(
+        run_stream(
+            settings,
+            source_kind=args.source,
+            input_path=args.input,
+            output=args.output,
+            rate=args.rate,
+            loop=args.loop,
+            pretty=args.pretty,
+        )
+    )
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sentistream.stream.run import ingest
+
+    summary = asyncio.run(
+        ingest(
+            _settings(args),
+            source_kind=args.source,
+            input_path=args.input,
+            rate=args.rate,
+            loop=args.loop,
+        )
+    )
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def _cmd_subscribe(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sentistream.stream.run import subscribe
+
+    asyncio.run(
+        subscribe(
+            _settings(args), replay_from=args.replay_from, as_json=args.json, limit=args.limit
+        )
+    )
+    return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -322,6 +415,31 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--log-format", choices=["json", "text"])
     _add_setting_flags(p)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("stream", help="run the stream worker: source -> model -> sinks")
+    _add_source_flags(p, "file")
+    p.add_argument("--output", type=Path, help="also write result records to this JSONL file")
+    p.add_argument("--pretty", action="store_true", help="human-readable lines on stdout")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _add_stream_flags(p)
+    _add_setting_flags(p)
+    p.set_defaults(func=_cmd_stream)
+
+    p = sub.add_parser("ingest", help="push a source into the input Redis Stream")
+    _add_source_flags(p, "file")
+    _add_stream_flags(p)
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("subscribe", help="print live results (optionally replaying the stream)")
+    p.add_argument(
+        "--from",
+        dest="replay_from",
+        help="replay the durable stream from this id (0: from the start) before following live",
+    )
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=int, help="stop after this many results")
+    _add_stream_flags(p)
+    p.set_defaults(func=_cmd_subscribe)
 
     p = sub.add_parser("admin", help="load, unload, roll back or refresh models on a server")
     p.add_argument("action", choices=["load", "unload", "rollback", "refresh", "index"])

@@ -149,6 +149,48 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On SIGTERM: longest wait for in-flight requests before exit."
     )
 
+    # -- stream worker --------------------------------------------------------------------------
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis URL (redis:// or rediss:// for TLS; may carry a password). "
+        "Give it through the environment or a secret: it is never logged.",
+    )
+    input_stream: str = Field("sentistream:posts", description="Redis Stream the workers read.")
+    consumer_group: str = Field("sentistream", description="Consumer group of the workers.")
+    consumer: str = Field("worker-1", description="This worker's consumer name in the group.")
+    output_stream: str = Field("sentistream:results", description="Durable results stream.")
+    output_channel: str = Field(
+        "sentistream:results", description="Pub/sub channel of live results ('' to disable)."
+    )
+    dead_letter_stream: str = Field(
+        "sentistream:dead",
+        description="Where malformed or undeliverable records go, with the reason.",
+    )
+    output_maxlen: int = Field(
+        1_000_000, ge=1, description="Approximate cap on the results stream length (XADD MAXLEN ~)."
+    )
+    dedup_ttl_seconds: int = Field(
+        86_400,
+        ge=1,
+        description="Window in which a replayed post id does not create a second result record.",
+    )
+    stream_batch_size: int = Field(64, ge=1, description="Most posts per micro-batch.")
+    stream_batch_delay_ms: float = Field(
+        20.0, ge=0, description="Longest wait to fill a micro-batch."
+    )
+    claim_idle_ms: int = Field(
+        30_000,
+        ge=100,
+        description="Pending entries idle this long "
+        "(a dead consumer's) are claimed by this worker (XAUTOCLAIM).",
+    )
+    max_deliveries: int = Field(
+        5,
+        ge=1,
+        description="Deliveries after which an entry goes to "
+        "the dead-letter stream instead of being retried.",
+    )
+
     @field_validator("serve_models", "cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
@@ -176,7 +218,7 @@ def settings_markdown() -> str:
         default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
         if name == "model_repository":
             default = "<package>/models"
-        if name == "auth_token":
+        if name in {"auth_token", "redis_url"}:
             default = "None"
         annotation = getattr(field.annotation, "__name__", str(field.annotation))
         annotation = str(annotation).replace("typing.", "").replace("|", "\\|")

@@ -20,7 +20,14 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from sentistream.manifest import MANIFEST_FORMAT, file_sha256
 from sentistream.text import CLEANING_VERSION
 
-__all__ = ["TINY_WORDS", "ServerProcess", "free_port", "tiny_model_folder", "tiny_tokenizer"]
+__all__ = [
+    "TINY_WORDS",
+    "RedisServer",
+    "ServerProcess",
+    "free_port",
+    "tiny_model_folder",
+    "tiny_tokenizer",
+]
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TINY_WORDS = """
@@ -287,3 +294,87 @@ class ServerProcess:
         self.stop()
         if self._log_path is not None:
             self._log_path.unlink(missing_ok=True)
+
+
+class RedisServer:
+    """A real ``redis-server`` (Debian package) on a free port, AOF on, in its own folder.
+
+    ``kill()`` sends SIGKILL (no shutdown save), ``start()`` restarts it on the same port and
+    AOF, so tests can show what survives a crash.
+    """
+
+    def __init__(self, folder: Path, *, password: str | None = None) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.password = password
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        import shutil
+        import subprocess
+        import time
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (make install installs it)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.folder),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--logfile",
+            str(self.folder / "redis.log"),
+        ]
+        if self.password:
+            cmd += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"redis-server did not start on port {self.port}")
+
+    def ping(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                auth = (f"AUTH {self.password}\r\n" if self.password else "").encode()
+                s.sendall(auth + b"PING\r\n")
+                return b"PONG" in s.recv(100) or b"PONG" in s.recv(100)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

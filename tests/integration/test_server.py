@@ -596,3 +596,83 @@ def test_several_worker_processes_share_the_ports(repo: Path) -> None:
             )
         assert codes == [200] * 32
         assert s.stop() == 0
+
+
+def test_not_ready_until_every_version_is_loaded(tmp_path: Path) -> None:
+    """Version policy `all`, and readiness that stays false until the last version is warm."""
+    import subprocess
+    import sys
+
+    from sentistream.testing import free_port
+
+    for v in range(1, 41):
+        tiny_model_folder(tmp_path, "many", str(v), seed=v)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sentistream",
+            "serve",
+            "--model-repository",
+            str(tmp_path),
+            "--version-policy",
+            "all",
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--intra-op-threads",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: list[tuple[int, int]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                live = httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=1).status_code
+                ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code
+            except httpx.HTTPError:
+                time.sleep(0.01)
+                continue
+            seen.append((live, ready))
+            if ready == 200:
+                break
+            time.sleep(0.01)
+        assert seen and seen[0] == (200, 503), seen[:3]  # live before ready
+        assert seen[-1] == (200, 200)
+        meta = httpx.get(f"http://127.0.0.1:{port}/v2/models/many").json()
+        assert len(meta["versions"]) == 40
+        one = httpx.post(
+            f"http://127.0.0.1:{port}/v1/classify",
+            json={"text": "x", "model": "many", "version": "7"},
+        ).json()
+        assert one["model_version"] == "7"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_bytes_contents_request_ids_logs_and_no_cors(server: ServerProcess) -> None:
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="tiny", id="abc")
+    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[2, 1])
+    tensor.contents.bytes_contents.extend([b"i love it", b"awful"])
+    with grpc.insecure_channel(server.grpc) as channel:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            request, timeout=10
+        )
+    assert response.id == "abc" and response.outputs[0].shape == [2]
+    r = httpx.post(
+        f"{server.url}/v1/classify",
+        json={"text": "hi"},
+        headers={"X-Request-ID": "req-42", "Origin": "http://evil.example"},
+    )
+    assert r.headers["x-request-id"] == "req-42"
+    assert "access-control-allow-origin" not in r.headers
+    lines = [json.loads(x) for x in server.log.splitlines() if x.startswith("{")]
+    assert any(x.get("request_id") == "req-42" and x.get("status") == 200 for x in lines)

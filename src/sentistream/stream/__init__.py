@@ -1,0 +1,1 @@
+"""The streaming pipeline: sources -> clean -> micro-batch -> classify -> sinks."""

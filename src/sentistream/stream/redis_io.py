@@ -1,0 +1,352 @@
+"""Redis Streams in and out.
+
+:class:`RedisStreamSource` (at-least-once): a consumer group on the input stream. On start it
+first finishes this consumer's own pending entries, then reads new ones (XREADGROUP ``>``) and
+periodically claims entries idle longer than ``claim_idle_ms`` from dead consumers
+(XAUTOCLAIM). An entry delivered more than ``max_deliveries`` times goes to the dead-letter
+stream instead of being retried forever.
+
+:class:`RedisSink`: for each result, atomically (one Lua script per batch) sets a dedup key
+``SET dedup:<id> NX EX ttl``; only when it was new, appends the record to the durable output
+stream (XADD, trimmed with MAXLEN ~) and publishes it on the live channel; and, when the batch
+came from a Redis input stream, acknowledges the input entries (XACK) in the same script. So a
+crash before the script leaves the entries pending (they are redelivered), a crash after it
+leaves nothing to redo, and a redelivered post never creates a second record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from sentistream.errors import InvalidInputError, UnavailableError
+from sentistream.schemas import parse_post
+from sentistream.stream.base import Envelope
+
+__all__ = ["RedisSink", "RedisStreamSource", "connect", "dead_letter"]
+
+log = logging.getLogger("sentistream.stream")
+RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+T = TypeVar("T")
+
+_WRITE_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+local maxlen = tonumber(ARGV[2])
+local channel = ARGV[3]
+local group = ARGV[4]
+local n = tonumber(ARGV[5])
+local prefix = ARGV[6]
+local written = 0
+for i = 0, n - 1 do
+  local id = ARGV[7 + 2 * i]
+  local data = ARGV[8 + 2 * i]
+  if redis.call('SET', prefix .. id, '1', 'NX', 'EX', ttl) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'id', id, 'data', data)
+    if channel ~= '' then redis.call('PUBLISH', channel, data) end
+    written = written + 1
+  end
+end
+local first_ack = 7 + 2 * n
+if KEYS[2] ~= '' and #ARGV >= first_ack then
+  redis.call('XACK', KEYS[2], group, unpack(ARGV, first_ack))
+end
+return written
+"""
+
+
+async def with_retry(
+    call: Callable[[], Awaitable[T]], what: str, give_up_after: float = 300.0
+) -> T:
+    """Run ``call`` until it succeeds, backing off while Redis is unreachable.
+
+    Only for idempotent operations (the result write is: dedup keys make a repeated script a
+    no-op; XACK of an acked entry does nothing). Gives up with UnavailableError after
+    ``give_up_after`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + give_up_after
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except RETRYABLE as exc:
+            if loop.time() > deadline:
+                raise UnavailableError(
+                    f"Redis unreachable for {give_up_after:.0f}s during {what}"
+                ) from exc
+            log.warning(
+                "redis unavailable during %s, retrying in %.1fs: %s",
+                what,
+                delay,
+                type(exc).__name__,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client that reconnects by itself (redis-py Retry with exponential backoff)."""
+    return aioredis.from_url(
+        url,
+        retry=Retry(ExponentialBackoff(cap=5.0, base=0.05), retries=20),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=15,
+        socket_keepalive=True,
+        socket_connect_timeout=5,
+    )
+
+
+async def dead_letter(
+    client: aioredis.Redis,
+    stream: str,
+    envelopes: Sequence[Envelope],
+    source: str,
+    ack: tuple[str, str] | None = None,
+) -> None:
+    """Append refused records with their reason; acknowledge them on the input in one go."""
+    if not envelopes:
+        return
+    await with_retry(
+        lambda: _dead_letter_once(client, stream, envelopes, source, ack), "dead-lettering"
+    )
+
+
+async def _dead_letter_once(
+    client: aioredis.Redis,
+    stream: str,
+    envelopes: Sequence[Envelope],
+    source: str,
+    ack: tuple[str, str] | None,
+) -> None:
+    async with client.pipeline(transaction=True) as pipe:
+        for env in envelopes:
+            fields = {
+                "reason": env.error or "unknown",
+                "raw": env.raw,
+                "source": source,
+                "deliveries": str(env.deliveries),
+            }
+            if env.post is not None:
+                fields["id"] = env.post.id
+            pipe.xadd(stream, fields, maxlen=1_000_000, approximate=True)  # type: ignore[arg-type]
+        ids = [e.ack_id for e in envelopes if e.ack_id]
+        if ack is not None and ids:
+            pipe.xack(ack[0], ack[1], *ids)
+        await pipe.execute()
+
+
+class RedisStreamSource:
+    """Consumer-group reader of a Redis Stream whose entries hold a post as JSON in ``data``."""
+
+    name = "redis"
+    guarantee = "at-least-once"
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        dead_letter_stream: str,
+        batch: int = 64,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        max_deliveries: int = 5,
+    ) -> None:
+        self.client = client
+        self.key = stream
+        self.group = group
+        self.consumer = consumer
+        self.dead_letter_stream = dead_letter_stream
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self._closed = asyncio.Event()
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _envelope(self, entry_id: Any, fields: dict[Any, Any], deliveries: int = 1) -> Envelope:
+        ack_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        raw = fields.get(b"data", fields.get("data"))
+        if raw is None:
+            return Envelope.bad(
+                json.dumps(
+                    {
+                        k.decode() if isinstance(k, bytes) else k: v.decode(errors="replace")
+                        if isinstance(v, bytes)
+                        else v
+                        for k, v in fields.items()
+                    }
+                ),
+                "entry has no 'data' field",
+                ack_id,
+                deliveries,
+            )
+        try:
+            post = parse_post(raw, default_id=ack_id, source="redis")
+        except InvalidInputError as exc:
+            return Envelope.bad(raw, exc.message, ack_id, deliveries)
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+        return Envelope(post=post, raw=text, ack_id=ack_id, deliveries=deliveries)
+
+    async def _deliveries(self, ids: list[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        pending: Any = await self.client.xpending_range(
+            self.key, self.group, min=ids[0], max=ids[-1], count=len(ids) * 2 + 10
+        )
+        out = {}
+        for p in pending:
+            mid = p["message_id"]
+            out[mid.decode() if isinstance(mid, bytes) else str(mid)] = int(p["times_delivered"])
+        return out
+
+    async def _split_poison(self, envelopes: list[Envelope]) -> list[Envelope]:
+        """Dead-letter entries delivered too often; return the rest."""
+        counts = await self._deliveries([e.ack_id for e in envelopes if e.ack_id])
+        fresh: list[Envelope] = []
+        poison: list[Envelope] = []
+        for env in envelopes:
+            n = counts.get(env.ack_id or "", 1)
+            env = Envelope(env.post, env.raw, env.error, env.ack_id, n)
+            (poison if n > self.max_deliveries else fresh).append(env)
+        if poison:
+            marked = [
+                Envelope(
+                    e.post,
+                    e.raw,
+                    f"delivered {e.deliveries} times without success",
+                    e.ack_id,
+                    e.deliveries,
+                )
+                for e in poison
+            ]
+            await dead_letter(
+                self.client, self.dead_letter_stream, marked, self.name, (self.key, self.group)
+            )
+            log.warning("dead-lettered %d entries after too many deliveries", len(poison))
+        return fresh
+
+    async def _read(self, start: str) -> list[Envelope]:
+        reply: Any = await self.client.xreadgroup(
+            self.group,
+            self.consumer,
+            {self.key: start},
+            count=self.batch,
+            block=None if start != ">" else self.block_ms,
+        )
+        envelopes = []
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields is None:  # deleted while pending
+                    continue
+                envelopes.append(self._envelope(entry_id, fields))
+        return envelopes
+
+    async def _claim(self) -> list[Envelope]:
+        reply: Any = await self.client.xautoclaim(
+            self.key,
+            self.group,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id="0-0",
+            count=self.batch,
+        )
+        entries = reply[1] if reply else []
+        envelopes = [self._envelope(i, f) for i, f in entries if f]
+        return await self._split_poison(envelopes) if envelopes else []
+
+    async def stream(self) -> AsyncIterator[Envelope]:
+        await self.ensure_group()
+        # 1. our own pending entries (a previous run of this consumer died before acking)
+        while not self._closed.is_set():
+            own = await self._read("0")
+            if not own:
+                break
+            for env in await self._split_poison(own):
+                yield env
+            if len(own) < self.batch:
+                break
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time()
+        while not self._closed.is_set():
+            try:
+                if loop.time() >= next_claim:
+                    next_claim = loop.time() + self.claim_idle_ms / 2000
+                    for env in await self._claim():
+                        yield env
+                for env in await self._read(">"):
+                    yield env
+            except RETRYABLE as exc:
+                log.warning("redis unavailable, retrying: %s", type(exc).__name__)
+                await asyncio.sleep(0.5)
+
+    async def ack(self, envelopes: Sequence[Envelope]) -> None:
+        ids = [e.ack_id for e in envelopes if e.ack_id]
+        if ids:
+            await with_retry(lambda: self.client.xack(self.key, self.group, *ids), "XACK")
+
+    async def close(self) -> None:
+        self._closed.set()
+
+
+class RedisSink:
+    """Durable stream + live channel, deduplicated by post id, acking the input atomically."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        stream: str,
+        channel: str,
+        *,
+        maxlen: int = 1_000_000,
+        dedup_ttl: int = 86_400,
+        dedup_prefix: str = "sentistream:dedup:",
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.channel = channel
+        self.maxlen = maxlen
+        self.dedup_ttl = dedup_ttl
+        self.dedup_prefix = dedup_prefix
+        self._script = client.register_script(_WRITE_SCRIPT)
+
+    async def write(
+        self, records: Sequence[dict[str, Any]], ack: tuple[str, str, Sequence[str]] | None = None
+    ) -> int:
+        """Write records (and XACK ``ack=(stream, group, ids)``) atomically; returns how many
+        records were new."""
+        args: list[Any] = [
+            self.dedup_ttl,
+            self.maxlen,
+            self.channel,
+            ack[1] if ack else "",
+            len(records),
+            self.dedup_prefix,
+        ]
+        for rec in records:
+            args += [rec["id"], json.dumps(rec, ensure_ascii=False)]
+        if ack:
+            args += list(ack[2])
+        keys = [self.stream, ack[0] if ack and ack[2] else ""]
+        written: int = await with_retry(
+            lambda: self._script(keys=keys, args=args), "writing results"
+        )
+        return written

@@ -1,0 +1,226 @@
+"""What ``sentistream stream``, ``ingest`` and ``subscribe`` do (the CLI only parses flags)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from sentistream.config import Settings
+from sentistream.errors import InvalidInputError, UnavailableError
+from sentistream.stream.base import Envelope, Source
+
+__all__ = ["ingest", "make_source", "run_stream", "subscribe"]
+
+log = logging.getLogger("sentistream.stream")
+
+
+def _redis_url(settings: Settings) -> str | None:
+    return settings.redis_url.get_secret_value() if settings.redis_url else None
+
+
+def make_source(
+    kind: str,
+    settings: Settings,
+    *,
+    input_path: Path | None = None,
+    rate: float = 0.0,
+    loop: bool = False,
+    client: Any = None,
+) -> Source:
+    """Build the source named ``kind`` (file, stdin, redis, x, bluesky)."""
+    if kind in {"file", "stdin"}:
+        from sentistream.stream.file_source import FileSource
+
+        if kind == "file" and input_path is None:
+            raise InvalidInputError("--source file needs --input FILE")
+        return FileSource(input_path if kind == "file" else None, rate=rate, loop=loop)
+    if kind == "redis":
+        from sentistream.stream.redis_io import RedisStreamSource
+
+        if client is None:
+            raise InvalidInputError("--source redis needs --redis-url")
+        return RedisStreamSource(
+            client,
+            settings.input_stream,
+            settings.consumer_group,
+            settings.consumer,
+            dead_letter_stream=settings.dead_letter_stream,
+            batch=settings.stream_batch_size,
+            claim_idle_ms=settings.claim_idle_ms,
+            max_deliveries=settings.max_deliveries,
+        )
+    if kind == "x":
+        from sentistream.stream.x_source import XFilteredStreamSource
+
+        token = os.environ.get("SENTISTREAM_X_BEARER_TOKEN") or os.environ.get("X_BEARER_TOKEN")
+        if not token:
+            raise InvalidInputError(
+                "--source x needs the bearer token in SENTISTREAM_X_BEARER_TOKEN"
+            )
+        rules = [r for r in os.environ.get("SENTISTREAM_X_RULES", "").split(";") if r.strip()]
+        return XFilteredStreamSource(
+            token,
+            base_url=os.environ.get("SENTISTREAM_X_BASE_URL", "https://api.x.com"),
+            rules=rules or None,
+        )
+    if kind == "bluesky":
+        from sentistream.stream.bluesky_source import JetstreamSource
+
+        url = os.environ.get(
+            "SENTISTREAM_JETSTREAM_URL", "wss://jetstream2.us-east.bsky.network/subscribe"
+        )
+        langs = {x for x in os.environ.get("SENTISTREAM_LANGUAGES", "").split(",") if x}
+        return JetstreamSource(url=url, languages=langs or None)
+    raise InvalidInputError(f"unknown source {kind!r}")
+
+
+async def run_stream(
+    settings: Settings,
+    *,
+    source_kind: str,
+    input_path: Path | None,
+    output: Path | None,
+    rate: float,
+    loop: bool,
+    pretty: bool,
+) -> dict[str, Any]:
+    from sentistream.runtime import load_classifier
+    from sentistream.stream.redis_io import RedisSink, connect
+    from sentistream.stream.sinks import JsonlSink
+    from sentistream.stream.worker import StreamWorker
+
+    url = _redis_url(settings)
+    client = connect(url) if url else None
+    if client is not None:
+        try:
+            await client.ping()
+        except Exception as exc:
+            raise UnavailableError(f"cannot reach Redis: {type(exc).__name__}") from None
+    classifier = await asyncio.to_thread(load_classifier, settings)
+    source = make_source(
+        source_kind, settings, input_path=input_path, rate=rate, loop=loop, client=client
+    )
+    redis_sink = (
+        RedisSink(
+            client,
+            settings.output_stream,
+            settings.output_channel,
+            maxlen=settings.output_maxlen,
+            dedup_ttl=settings.dedup_ttl_seconds,
+        )
+        if client is not None
+        else None
+    )
+    sinks = []
+    if output is not None:
+        sinks.append(JsonlSink(output))
+    elif client is None:
+        sinks.append(JsonlSink(None, pretty=pretty))
+    worker = StreamWorker(
+        source,
+        classifier,
+        redis_sink=redis_sink,
+        sinks=sinks,
+        dead_letter_stream=settings.dead_letter_stream if client else None,
+        batch_size=settings.stream_batch_size,
+        batch_delay_ms=settings.stream_batch_delay_ms,
+    )
+    loop_ = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop_.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
+    try:
+        return await worker.run()
+    finally:
+        for sink in sinks:
+            await sink.close()
+        if client is not None:
+            await client.aclose()
+
+
+async def ingest(
+    settings: Settings, *, source_kind: str, input_path: Path | None, rate: float, loop: bool
+) -> dict[str, int]:
+    """Push a source into the input stream. File lines go in as they are (a malformed line is
+    the worker's to dead-letter); live sources push the normalised post."""
+    from sentistream.stream.redis_io import connect
+
+    url = _redis_url(settings)
+    if not url:
+        raise InvalidInputError("ingest needs --redis-url")
+    client = connect(url)
+    source = make_source(source_kind, settings, input_path=input_path, rate=rate, loop=loop)
+    count = 0
+    pipe = client.pipeline(transaction=False)
+    try:
+        async for env in source.stream():
+            pipe.xadd(settings.input_stream, {"data": _payload(env)})
+            count += 1
+            if count % 500 == 0:
+                await pipe.execute()
+        await pipe.execute()
+    finally:
+        await client.aclose()
+    return {"ingested": count}
+
+
+def _payload(env: Envelope) -> str:
+    if env.post is None or env.raw.lstrip().startswith("{"):
+        return env.raw
+    p = env.post
+    return json.dumps(
+        {
+            "id": p.id,
+            "text": p.text,
+            "created_at": p.created_at,
+            "lang": p.lang,
+            "source": p.source,
+        },
+        ensure_ascii=False,
+    )
+
+
+async def subscribe(
+    settings: Settings, *, replay_from: str | None, as_json: bool, limit: int | None
+) -> None:
+    """Print results: first the durable stream from ``replay_from`` (an id, or ``0``), then live
+    pub/sub messages."""
+    from sentistream.stream.redis_io import connect
+
+    url = _redis_url(settings)
+    if not url:
+        raise InvalidInputError("subscribe needs --redis-url")
+    client = connect(url)
+    shown = 0
+
+    def show(data: bytes | str) -> bool:
+        nonlocal shown
+        rec = json.loads(data)
+        if as_json:
+            print(json.dumps(rec, ensure_ascii=False), flush=True)
+        else:
+            print(
+                f"{rec['label']:<9} {rec['score']:.3f} {rec['id']}: {rec['text'][:90]}", flush=True
+            )
+        shown += 1
+        return limit is not None and shown >= limit
+
+    try:
+        pubsub = client.pubsub()
+        await pubsub.subscribe(settings.output_channel)
+        if replay_from is not None:
+            entries: Any = await client.xrange(settings.output_stream, min=replay_from)
+            for _, fields in entries:
+                if show(fields[b"data"]):
+                    return
+        async for message in pubsub.listen():
+            if message["type"] == "message" and show(message["data"]):
+                return
+    finally:
+        await client.aclose()
+        sys.stdout.flush()

@@ -1,0 +1,212 @@
+"""The stream worker: source -> clean -> micro-batch -> classify -> sinks.
+
+- Reading and inference overlap: a reader task fills a bounded queue (backpressure: a full
+  queue stops the reader instead of growing memory) while the batch loop classifies.
+- Micro-batches close at ``batch_size`` posts or ``batch_delay_ms`` after their first post.
+- The model runs in a worker thread so the event loop keeps reading.
+- Bad records (unparseable, missing or non-string text, oversized, empty after cleaning) go to
+  the dead-letter stream with the reason (or are counted and logged without Redis); they never
+  stop the worker.
+- From a Redis input stream, results are written and the input entries acknowledged in one
+  atomic step (see ``redis_io``): at-least-once in, one record per post id out.
+- ``stop()`` (SIGTERM) drains: the source stops, queued posts are classified, written and
+  acknowledged, then ``run`` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sentistream.errors import InvalidInputError
+from sentistream.runtime.base import Classifier
+from sentistream.schemas import result_record
+from sentistream.stream.base import Envelope, Source
+from sentistream.stream.redis_io import RedisSink, RedisStreamSource, dead_letter
+from sentistream.stream.sinks import JsonlSink
+
+__all__ = ["StreamWorker", "WorkerStats"]
+
+log = logging.getLogger("sentistream.stream")
+_END = object()
+
+
+@dataclass
+class WorkerStats:
+    consumed: int = 0
+    processed: int = 0
+    written: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def summary(self) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.started
+        return {
+            "consumed": self.consumed,
+            "processed": self.processed,
+            "written": self.written,
+            "dead_lettered": self.dead_lettered,
+            "batches": self.batches,
+            "seconds": round(seconds, 3),
+            "posts_per_second": round(self.processed / seconds, 1) if seconds else None,
+        }
+
+
+class StreamWorker:
+    def __init__(
+        self,
+        source: Source,
+        classifier: Classifier,
+        *,
+        redis_sink: RedisSink | None = None,
+        sinks: Sequence[JsonlSink] = (),
+        dead_letter_stream: str | None = None,
+        batch_size: int = 64,
+        batch_delay_ms: float = 20.0,
+        queue_size: int | None = None,
+    ) -> None:
+        self.source = source
+        self.classifier = classifier
+        self.redis_sink = redis_sink
+        self.sinks = list(sinks)
+        self.dead_letter_stream = dead_letter_stream
+        self.batch_size = batch_size
+        self.batch_delay = batch_delay_ms / 1000
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size or 4 * batch_size)
+        self.stats = WorkerStats()
+        self._stopping = False
+        self._reader_error: Exception | None = None
+
+    async def stop(self) -> None:
+        """Stop reading; what is already read is finished and acknowledged."""
+        self._stopping = True
+        await self.source.close()
+
+    async def _read(self) -> None:
+        try:
+            async for envelope in self.source.stream():
+                self.stats.consumed += 1
+                await self.queue.put(envelope)
+                if self._stopping:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a source that gave up (bad credentials...): finish, then raise
+            self._reader_error = exc
+        await self.queue.put(_END)
+
+    async def _next_batch(self) -> tuple[list[Envelope], bool]:
+        first = await self.queue.get()
+        if first is _END:
+            return [], True
+        batch = [first]
+        deadline = asyncio.get_running_loop().time() + self.batch_delay
+        while len(batch) < self.batch_size:
+            timeout = deadline - asyncio.get_running_loop().time()
+            try:
+                item = (
+                    self.queue.get_nowait()
+                    if timeout <= 0
+                    else await asyncio.wait_for(self.queue.get(), timeout)
+                )
+            except (TimeoutError, asyncio.QueueEmpty):
+                break
+            if item is _END:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    async def run(self) -> dict[str, Any]:
+        reader = asyncio.create_task(self._read(), name="reader")
+        try:
+            done = False
+            while not done:
+                batch, done = await self._next_batch()
+                if batch:
+                    await self.process(batch)
+            await reader
+            if self._reader_error is not None:
+                raise self._reader_error
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        return self.stats.summary()
+
+    async def process(self, batch: list[Envelope]) -> None:
+        good: list[tuple[Envelope, str]] = []
+        bad: list[Envelope] = []
+        for env in batch:
+            if env.post is None:
+                bad.append(env)
+                continue
+            try:
+                good.append((env, self.classifier.prepare(env.post.text)))
+            except InvalidInputError as exc:
+                bad.append(Envelope(env.post, env.raw, exc.message, env.ack_id, env.deliveries))
+        started = time.perf_counter()
+        preds = (
+            await asyncio.to_thread(self.classifier.classify_clean, [c for _, c in good])
+            if good
+            else []
+        )
+        latency = (time.perf_counter() - started) * 1000
+        records = []
+        for (env, _), pred in zip(good, preds, strict=True):
+            assert env.post is not None
+            records.append(
+                result_record(
+                    env.post,
+                    pred,
+                    model=self.classifier.name,
+                    model_version=self.classifier.version,
+                    latency_ms=latency,
+                )
+            )
+        await self._dead_letter(bad)
+        await self._write(records, [env for env, _ in good])
+        self.stats.processed += len(records)
+        self.stats.batches += 1
+
+    async def _dead_letter(self, bad: list[Envelope]) -> None:
+        if not bad:
+            return
+        self.stats.dead_lettered += len(bad)
+        if self.redis_sink is not None and self.dead_letter_stream:
+            ack = (
+                (self.source.key, self.source.group)
+                if isinstance(self.source, RedisStreamSource)
+                else None
+            )
+            await dead_letter(
+                self.redis_sink.client, self.dead_letter_stream, bad, self.source.name, ack
+            )
+        else:
+            for env in bad:
+                log.warning("dead letter: %s", env.error, extra={"raw": env.raw[:200]})
+            await self.source.ack(bad)
+
+    async def _write(self, records: list[dict[str, Any]], envelopes: list[Envelope]) -> None:
+        if self.redis_sink is not None:
+            ack = None
+            if isinstance(self.source, RedisStreamSource):
+                ack = (
+                    self.source.key,
+                    self.source.group,
+                    [e.ack_id for e in envelopes if e.ack_id],
+                )
+            self.stats.written += await self.redis_sink.write(records, ack)
+        for sink in self.sinks:
+            written = await sink.write(records)
+            if self.redis_sink is None:
+                self.stats.written += written
+        if self.redis_sink is None or not isinstance(self.source, RedisStreamSource):
+            await self.source.ack(envelopes)

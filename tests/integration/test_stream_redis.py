@@ -1,0 +1,279 @@
+"""The stream worker against a real redis-server started by the test (free port, AOF on)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from sentistream.config import Settings
+from sentistream.runtime import load_classifier
+from sentistream.stream.redis_io import RedisSink, RedisStreamSource, connect
+from sentistream.stream.worker import StreamWorker
+from sentistream.testing import RedisServer, tiny_model_folder
+
+pytestmark = pytest.mark.integration
+WORDS = ["love", "hate", "great", "awful", "game", "music", "happy", "sad", "today", "team"]
+
+
+@pytest.fixture()
+def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with RedisServer(tmp_path / "redis") as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("stream-models")
+    tiny_model_folder(root, "tiny", "1", seed=3)
+    return root
+
+
+def _posts(n: int, prefix: str = "p") -> list[dict[str, str]]:
+    return [
+        {
+            "id": f"{prefix}{i}",
+            "text": f"{WORDS[i % 10]} {WORDS[(i * 7) % 10]} number {i}",
+            "created_at": "2026-11-01T12:00:00Z",
+            "lang": "en",
+        }
+        for i in range(n)
+    ]
+
+
+MALFORMED = [
+    "not json",
+    '{"id": "m1"}',
+    '{"id": "m2", "text": 5}',
+    "[1, 2, 3]",
+    '{"id": "m3", "text": ""}',
+    '{"id": "m4", "text": "' + "x" * 30_000 + '"}',
+    '{"id": {"a": 1}, "text": "hi"}',
+]
+
+
+def _ingest(url: str, payloads: list[str], stream: str = "sentistream:posts") -> None:
+    client = redis.Redis.from_url(url)
+    pipe = client.pipeline(transaction=False)
+    for data in payloads:
+        pipe.xadd(stream, {"data": data})
+    pipe.execute()
+    client.close()
+
+
+def _output_ids(url: str) -> list[str]:
+    client = redis.Redis.from_url(url)
+    ids = [f[b"id"].decode() for _, f in client.xrange("sentistream:results")]
+    client.close()
+    return ids
+
+
+async def _run_worker(
+    url: str, repo: Path, until: int, consumer: str = "w1", **settings_kw: object
+) -> dict[str, object]:
+    settings = Settings(model_repository=repo, model="tiny", intra_op_threads=1, **settings_kw)
+    client = connect(url)
+    source = RedisStreamSource(
+        client,
+        settings.input_stream,
+        settings.consumer_group,
+        consumer,
+        dead_letter_stream=settings.dead_letter_stream,
+        block_ms=100,
+        claim_idle_ms=settings.claim_idle_ms,
+        max_deliveries=settings.max_deliveries,
+    )
+    sink = RedisSink(client, settings.output_stream, settings.output_channel)
+    worker = StreamWorker(
+        source,
+        load_classifier(settings),
+        redis_sink=sink,
+        dead_letter_stream=settings.dead_letter_stream,
+        batch_size=64,
+        batch_delay_ms=5,
+    )
+    task = asyncio.create_task(worker.run())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        n = await client.xlen(settings.output_stream) + await client.xlen(
+            settings.dead_letter_stream
+        )
+        if n >= until:
+            break
+        await asyncio.sleep(0.05)
+    await worker.stop()
+    summary = await asyncio.wait_for(task, 30)
+    await client.aclose()
+    return summary
+
+
+def test_every_post_once_and_malformed_to_dead_letter(server: RedisServer, tiny_repo: Path) -> None:
+    posts = _posts(1000)
+    payloads = [json.dumps(p) for p in posts]
+    for k, bad in enumerate(MALFORMED):
+        payloads.insert(100 * k + 7, bad)
+    _ingest(server.url, payloads)
+    summary = asyncio.run(_run_worker(server.url, tiny_repo, len(payloads)))
+    ids = _output_ids(server.url)
+    assert sorted(ids) == sorted(p["id"] for p in posts)
+    client = redis.Redis.from_url(server.url)
+    dead = client.xrange("sentistream:dead")
+    assert len(dead) == len(MALFORMED)
+    reasons = " | ".join(f[b"reason"].decode() for _, f in dead)
+    for expected in (
+        "invalid JSON",
+        "missing field 'text'",
+        "must be a string",
+        "JSON object",
+        "empty",
+        "limit",
+        "'id' must be",
+    ):
+        assert expected in reasons, reasons
+    assert client.xpending("sentistream:posts", "sentistream")["pending"] == 0
+    record = json.loads(client.xrange("sentistream:results", count=1)[0][1][b"data"])
+    assert record["model"] == "tiny" and record["source"] == "redis" and record["lang"] == "en"
+    assert summary["dead_lettered"] == len(MALFORMED)
+
+
+def test_replayed_posts_do_not_create_second_records(server: RedisServer, tiny_repo: Path) -> None:
+    posts = [json.dumps(p) for p in _posts(300)]
+    _ingest(server.url, posts)
+    asyncio.run(_run_worker(server.url, tiny_repo, 300))
+    _ingest(server.url, posts[:150])  # the same ids again
+    client = redis.Redis.from_url(server.url)
+
+    async def drain() -> None:
+        await _run_worker(server.url, tiny_repo, 10**9, consumer="w2")
+
+    async def bounded() -> None:
+        task = asyncio.create_task(drain())
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if (
+                client.xpending("sentistream:posts", "sentistream")["pending"] == 0
+                and client.xinfo_groups("sentistream:posts")[0]["lag"] == 0
+            ):
+                break
+        task.cancel()
+
+    asyncio.run(bounded())
+    ids = _output_ids(server.url)
+    assert len(ids) == 300 and len(set(ids)) == 300
+
+
+def test_pending_entries_of_a_dead_consumer_are_claimed(
+    server: RedisServer, tiny_repo: Path
+) -> None:
+    _ingest(server.url, [json.dumps(p) for p in _posts(50)])
+    client = redis.Redis.from_url(server.url)
+    client.xgroup_create("sentistream:posts", "sentistream", id="0")
+    taken = client.xreadgroup("sentistream", "dead-worker", {"sentistream:posts": ">"}, count=20)
+    assert len(taken[0][1]) == 20  # delivered to a consumer that then died without acking
+    time.sleep(0.3)
+    asyncio.run(_run_worker(server.url, tiny_repo, 50, claim_idle_ms=200))
+    assert sorted(_output_ids(server.url)) == sorted(f"p{i}" for i in range(50))
+    assert client.xpending("sentistream:posts", "sentistream")["pending"] == 0
+
+
+def test_entry_delivered_too_often_goes_to_dead_letter(
+    server: RedisServer, tiny_repo: Path
+) -> None:
+    _ingest(server.url, [json.dumps(p) for p in _posts(3)])
+    client = redis.Redis.from_url(server.url)
+    client.xgroup_create("sentistream:posts", "sentistream", id="0")
+    client.xreadgroup("sentistream", "crashy", {"sentistream:posts": ">"}, count=1)
+    time.sleep(0.3)
+    asyncio.run(_run_worker(server.url, tiny_repo, 3, claim_idle_ms=200, max_deliveries=1))
+    dead = client.xrange("sentistream:dead")
+    assert len(dead) == 1 and b"delivered 2 times" in dead[0][1][b"reason"]
+    assert sorted(_output_ids(server.url)) == ["p1", "p2"]
+
+
+def _worker_proc(url: str, repo: Path | None, name: str) -> subprocess.Popen[bytes]:
+    """A worker process; ``repo=None`` runs the shipped model."""
+    env = {**os.environ, "SENTISTREAM_REDIS_URL": url, "TOKENIZERS_PARALLELISM": "false"}
+    model = ["--model-repository", str(repo), "--model", "tiny"] if repo else []
+    args = [
+        "stream",
+        "--source",
+        "redis",
+        "--consumer",
+        name,
+        *model,
+        "--intra-op-threads",
+        "1",
+        "--claim-idle-ms",
+        "1000",
+        "--log-level",
+        "WARNING",
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-m", "sentistream", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_kill_9_workers_repeatedly_loses_and_duplicates_nothing(server: RedisServer) -> None:
+    """20,000 posts, two workers in the group, four kill -9 while they process (the shipped
+    model makes the run long enough for the kills to land mid-batch)."""
+    posts = _posts(20_000)
+    _ingest(server.url, [json.dumps(p) for p in posts])
+    client = redis.Redis.from_url(server.url)
+    workers = {name: _worker_proc(server.url, None, name) for name in ("a", "b")}
+    kills = 0
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and client.xlen("sentistream:results") < len(posts):
+            time.sleep(1.5)
+            done = client.xlen("sentistream:results")
+            if kills < 4 and 0 < done < len(posts) * 0.8:
+                victim = "ab"[kills % 2]
+                workers[victim].send_signal(signal.SIGKILL)
+                workers[victim].wait()
+                kills += 1
+                workers[victim] = _worker_proc(server.url, None, victim)
+    finally:
+        for proc in workers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers.values():
+            proc.wait(30)
+    ids = _output_ids(server.url)
+    assert kills == 4
+    assert len(ids) == len(posts) and len(set(ids)) == len(posts)
+    assert client.xpending("sentistream:posts", "sentistream")["pending"] == 0
+
+
+def test_redis_killed_and_restarted_from_aof(server: RedisServer, tiny_repo: Path) -> None:
+    posts = _posts(6000)
+    _ingest(server.url, [json.dumps(p) for p in posts])
+    time.sleep(1.2)  # appendfsync everysec: the input is on disk
+    worker = _worker_proc(server.url, tiny_repo, "a")
+    client = redis.Redis.from_url(server.url)
+    try:
+        deadline = time.monotonic() + 60
+        while client.xlen("sentistream:results") < 1000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.kill()
+        time.sleep(2.0)
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and client.xlen("sentistream:results") < len(posts):
+            time.sleep(0.5)
+        assert worker.poll() is None, "the worker must survive the Redis restart"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    ids = _output_ids(server.url)
+    assert len(ids) == len(posts) and len(set(ids)) == len(posts)
