@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install system-deps venv test unit integration lint format docs bench bench-server proto serve train-sentiment export-sentiment eval-sentiment clean
+.PHONY: install system-deps venv test unit integration lint format docs bench bench-server bench-stream proto serve train-sentiment export-sentiment eval-sentiment clean
 
 install: system-deps venv  ## everything: Debian packages, virtualenv, package with [train,dev] extras
 
@@ -56,6 +56,9 @@ eval-sentiment:
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist
+
+bench-stream:  ## Redis in -> 2 workers -> Redis out vs a naive one-at-a-time loop; writes benchmarks/results/
+	$(BIN)/python benchmarks/bench_stream.py --data $(DATA)/stream/tweets.jsonl
 
 proto:  ## regenerate the gRPC/protobuf modules from proto/
 	PYTHON=$(BIN)/python bash scripts/gen_proto.sh

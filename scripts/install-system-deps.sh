@@ -5,6 +5,7 @@ set -euo pipefail
 packages=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv python3-pip)
 command -v make >/dev/null || packages+=(make)
+command -v redis-server >/dev/null || packages+=(redis-server)  # stream tests start their own
 command -v wrk >/dev/null || packages+=(wrk)                 # HTTP load generator (benchmarks)
 command -v openssl >/dev/null || packages+=(openssl)         # test certificates (TLS tests)
 

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from sentistream import __version__
 from sentistream.errors import SentistreamError
 
@@ -53,6 +55,7 @@ _STREAM_FLAGS = (
     "stream_batch_delay_ms",
     "claim_idle_ms",
     "max_deliveries",
+    "worker_http_port",
 )
 _SETTING_FLAGS = (
     "model_repository",
@@ -235,10 +238,39 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sentistream.demo import SAMPLE_POSTS, run_demo
+    from sentistream.demo import SAMPLE_POSTS, local_redis, run_demo
     from sentistream.runtime import load_classifier
 
-    classifier = load_classifier(_settings(args))
+    settings = _settings(args)
+    url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    if url is None and not args.no_redis:
+        url = local_redis()
+    if url is not None:  # publish too: the same pipeline as `sentistream stream`
+        import asyncio
+
+        from sentistream.stream.run import run_stream
+
+        settings = settings.model_copy(update={"redis_url": SecretStr(url)})
+        print(
+            f"publishing to Redis channel {settings.output_channel!r} and stream "
+            f"{settings.output_stream!r} (watch: redis-cli SUBSCRIBE {settings.output_channel})",
+            file=sys.stderr,
+        )
+        summary = asyncio.run(
+            run_stream(
+                settings,
+                source_kind="file",
+                input_path=args.input or SAMPLE_POSTS,
+                output=None,
+                rate=args.rate,
+                loop=False,
+                pretty=True,
+                also_stdout=True,
+            )
+        )
+        print(json.dumps(summary), file=sys.stderr)
+        return 0
+    classifier = load_classifier(settings)
     summary = run_demo(classifier, args.input or SAMPLE_POSTS, rate=args.rate, as_json=args.json)
     print(json.dumps(summary), file=sys.stderr)
     return 0
@@ -329,6 +361,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="another JSONL stream to replay")
     p.add_argument("--rate", type=float, default=20.0, help="posts per second (0: no limit)")
     p.add_argument("--json", action="store_true", help="print result records as JSON lines")
+    p.add_argument(
+        "--no-redis",
+        action="store_true",
+        help="do not publish to a local redis-server even if one answers",
+    )
+    _add_stream_flags(p)
     _add_setting_flags(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -420,6 +458,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_source_flags(p, "file")
     p.add_argument("--output", type=Path, help="also write result records to this JSONL file")
     p.add_argument("--pretty", action="store_true", help="human-readable lines on stdout")
+    p.add_argument(
+        "--http-port",
+        dest="worker_http_port",
+        type=int,
+        help="serve /metrics, /healthz, /readyz on this port",
+    )
+    p.add_argument("--host", help="address of the HTTP endpoint (default 0.0.0.0)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _add_stream_flags(p)
     _add_setting_flags(p)

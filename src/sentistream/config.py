@@ -184,6 +184,14 @@ class Settings(BaseSettings):
         description="Pending entries idle this long "
         "(a dead consumer's) are claimed by this worker (XAUTOCLAIM).",
     )
+    worker_http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the "
+        "worker's /metrics, /healthz and /readyz (and "
+        "dashboard); none: no HTTP endpoint.",
+    )
     max_deliveries: int = Field(
         5,
         ge=1,

@@ -16,10 +16,22 @@ from sentistream.classify_file import format_prediction, write_record
 from sentistream.runtime.base import Classifier
 from sentistream.schemas import parse_post
 
-__all__ = ["SAMPLE_POSTS", "run_demo"]
+__all__ = ["SAMPLE_POSTS", "local_redis", "run_demo"]
 
 SAMPLE_POSTS = Path(__file__).resolve().parent / "samples" / "posts.jsonl"
 _COLOURS = {"positive": "\033[32m", "negative": "\033[31m", "neutral": "\033[33m"}
+
+
+def local_redis(url: str = "redis://127.0.0.1:6379/0") -> str | None:
+    """The URL of a redis-server answering on the standard local port, if there is one."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return url if s.recv(64).startswith(b"+PONG") else None
+    except OSError:
+        return None
 
 
 def run_demo(

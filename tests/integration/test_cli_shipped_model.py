@@ -101,7 +101,7 @@ def test_pick_model_by_name_and_version() -> None:
 
 
 def test_demo_replays_the_bundled_stream() -> None:
-    proc = run("demo", "--rate", "0", "--json")
+    proc = run("demo", "--rate", "0", "--json", "--no-redis")
     records = [json.loads(x) for x in proc.stdout.splitlines()]
     assert len(records) == 40
     assert {r["label"] for r in records} == {"negative", "neutral", "positive"}

@@ -277,3 +277,103 @@ def test_redis_killed_and_restarted_from_aof(server: RedisServer, tiny_repo: Pat
         assert worker.wait(30) == 0
     ids = _output_ids(server.url)
     assert len(ids) == len(posts) and len(set(ids)) == len(posts)
+
+
+def test_worker_http_endpoints_pubsub_and_subscribe_replay(
+    server: RedisServer, tiny_repo: Path
+) -> None:
+    import httpx
+
+    from sentistream.testing import free_port
+
+    posts = _posts(200)
+    _ingest(server.url, [json.dumps(p) for p in posts] + ["broken"])
+    client = redis.Redis.from_url(server.url)
+    pubsub = client.pubsub()
+    pubsub.subscribe("sentistream:results")
+    port = free_port()
+    env = {**os.environ, "SENTISTREAM_REDIS_URL": server.url, "TOKENIZERS_PARALLELISM": "false"}
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sentistream",
+            "stream",
+            "--source",
+            "redis",
+            "--consumer",
+            "h",
+            "--model-repository",
+            str(tiny_repo),
+            "--model",
+            "tiny",
+            "--intra-op-threads",
+            "1",
+            "--http-port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and client.xlen("sentistream:results") < 200:
+            time.sleep(0.1)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(50):
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert httpx.get(f"{base}/healthz").json() == {"live": True}
+        metrics = httpx.get(f"{base}/metrics").text
+        assert "sentistream_worker_processed_total 200.0" in metrics
+        assert "sentistream_worker_dead_lettered_total 1.0" in metrics
+        assert "sentistream_worker_consumer_lag 0.0" in metrics
+        assert 'sentistream_worker_stage_seconds_count{stage="inference"}' in metrics
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    live = []
+    while (message := pubsub.get_message(timeout=0.5)) is not None:
+        if message["type"] == "message":
+            live.append(json.loads(message["data"])["id"])
+    assert sorted(live) == sorted(p["id"] for p in posts)  # the classic redis-cli SUBSCRIBE view
+    replay = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sentistream",
+            "subscribe",
+            "--from",
+            "0",
+            "--json",
+            "--limit",
+            "200",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    ids = [json.loads(line)["id"] for line in replay.stdout.splitlines()]
+    assert sorted(ids) == sorted(p["id"] for p in posts)
+
+
+def test_demo_publishes_to_redis(server: RedisServer) -> None:
+    env = {**os.environ, "SENTISTREAM_REDIS_URL": server.url, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sentistream", "demo", "--rate", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "SUBSCRIBE sentistream:results" in proc.stderr
+    assert len(proc.stdout.splitlines()) == 40
+    assert len(_output_ids(server.url)) == 40

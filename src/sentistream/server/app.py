@@ -27,12 +27,12 @@ from sentistream.server.logs import configure_logging
 from sentistream.server.registry import ModelRegistry
 from sentistream.server.rest import create_app
 
-__all__ = ["serve"]
+__all__ = ["QuietServer", "serve"]
 
 log = logging.getLogger("sentistream.server")
 
 
-class _Server(uvicorn.Server):
+class QuietServer(uvicorn.Server):
     """uvicorn without its own signal handling: this module owns SIGTERM."""
 
     @contextlib.contextmanager
@@ -75,7 +75,7 @@ async def serve_async(settings: Settings) -> int:
         limit_concurrency=None,
         timeout_keep_alive=30,
     )
-    http = _Server(config)
+    http = QuietServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -148,7 +148,12 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
         for name, dtype, shape, arr in convert.output_tensors(
             loaded.classifier.tasks, preds, requested
         ):
-            response.outputs.add(name=name, datatype=dtype, shape=shape)
+            out = response.outputs.add(name=name, datatype=dtype, shape=shape)
+            task = name.removesuffix("_probabilities")
+            if task != name and task in loaded.classifier.tasks:
+                # the column order of the matrix, so a client can map columns to labels
+                labels = ",".join(loaded.classifier.tasks[task])
+                out.parameters["labels"].string_param = labels
             if dtype == "BYTES":
                 response.raw_output_contents.append(convert.encode_bytes_elements(list(arr)))
             else:

@@ -89,6 +89,7 @@ async def run_stream(
     rate: float,
     loop: bool,
     pretty: bool,
+    also_stdout: bool = False,
 ) -> dict[str, Any]:
     from sentistream.runtime import load_classifier
     from sentistream.stream.redis_io import RedisSink, connect
@@ -120,13 +121,17 @@ async def run_stream(
     sinks = []
     if output is not None:
         sinks.append(JsonlSink(output))
-    elif client is None:
+    elif client is None or also_stdout:
         sinks.append(JsonlSink(None, pretty=pretty))
+    from sentistream.stream.monitor import WorkerMetrics
+
+    metrics = WorkerMetrics()
     worker = StreamWorker(
         source,
         classifier,
         redis_sink=redis_sink,
         sinks=sinks,
+        metrics=metrics,
         dead_letter_stream=settings.dead_letter_stream if client else None,
         batch_size=settings.stream_batch_size,
         batch_delay_ms=settings.stream_batch_delay_ms,
@@ -134,13 +139,35 @@ async def run_stream(
     loop_ = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop_.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
+    http = _start_http(worker, metrics, settings) if settings.worker_http_port is not None else None
     try:
         return await worker.run()
     finally:
+        if http is not None:
+            http[0].should_exit = True
+            await http[1]
         for sink in sinks:
             await sink.close()
         if client is not None:
             await client.aclose()
+
+
+def _start_http(worker: Any, metrics: Any, settings: Settings) -> tuple[Any, Any]:
+    import uvicorn
+
+    from sentistream.server.app import QuietServer
+    from sentistream.stream.monitor import worker_app
+
+    config = uvicorn.Config(
+        worker_app(worker, metrics),
+        host=settings.host,
+        port=settings.worker_http_port or 0,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = QuietServer(config)
+    return server, asyncio.ensure_future(server.serve())
 
 
 async def ingest(

@@ -27,6 +27,7 @@ from sentistream.errors import InvalidInputError
 from sentistream.runtime.base import Classifier
 from sentistream.schemas import result_record
 from sentistream.stream.base import Envelope, Source
+from sentistream.stream.monitor import WorkerMetrics
 from sentistream.stream.redis_io import RedisSink, RedisStreamSource, dead_letter
 from sentistream.stream.sinks import JsonlSink
 
@@ -71,6 +72,7 @@ class StreamWorker:
         batch_size: int = 64,
         batch_delay_ms: float = 20.0,
         queue_size: int | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.source = source
         self.classifier = classifier
@@ -82,7 +84,13 @@ class StreamWorker:
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size or 4 * batch_size)
         self.stats = WorkerStats()
         self._stopping = False
+        self.running = False
+        self.metrics = metrics
         self._reader_error: Exception | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     async def stop(self) -> None:
         """Stop reading; what is already read is finished and acknowledged."""
@@ -93,6 +101,8 @@ class StreamWorker:
         try:
             async for envelope in self.source.stream():
                 self.stats.consumed += 1
+                if self.metrics is not None:
+                    self.metrics.consumed.inc()
                 await self.queue.put(envelope)
                 if self._stopping:
                     break
@@ -125,6 +135,7 @@ class StreamWorker:
 
     async def run(self) -> dict[str, Any]:
         reader = asyncio.create_task(self._read(), name="reader")
+        self.running = True
         try:
             done = False
             while not done:
@@ -135,6 +146,7 @@ class StreamWorker:
             if self._reader_error is not None:
                 raise self._reader_error
         finally:
+            self.running = False
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -142,6 +154,7 @@ class StreamWorker:
         return self.stats.summary()
 
     async def process(self, batch: list[Envelope]) -> None:
+        t0 = time.perf_counter()
         good: list[tuple[Envelope, str]] = []
         bad: list[Envelope] = []
         for env in batch:
@@ -152,13 +165,13 @@ class StreamWorker:
                 good.append((env, self.classifier.prepare(env.post.text)))
             except InvalidInputError as exc:
                 bad.append(Envelope(env.post, env.raw, exc.message, env.ack_id, env.deliveries))
-        started = time.perf_counter()
+        t1 = time.perf_counter()
         preds = (
             await asyncio.to_thread(self.classifier.classify_clean, [c for _, c in good])
             if good
             else []
         )
-        latency = (time.perf_counter() - started) * 1000
+        t2 = time.perf_counter()
         records = []
         for (env, _), pred in zip(good, preds, strict=True):
             assert env.post is not None
@@ -168,13 +181,25 @@ class StreamWorker:
                     pred,
                     model=self.classifier.name,
                     model_version=self.classifier.version,
-                    latency_ms=latency,
+                    latency_ms=(t2 - t0) * 1000,
                 )
             )
         await self._dead_letter(bad)
+        written_before = self.stats.written
         await self._write(records, [env for env, _ in good])
+        t3 = time.perf_counter()
         self.stats.processed += len(records)
         self.stats.batches += 1
+        if self.metrics is not None:
+            self.metrics.observe_batch(
+                size=len(batch),
+                processed=len(records),
+                written=self.stats.written - written_before,
+                dead=len(bad),
+                clean_s=t1 - t0,
+                infer_s=t2 - t1,
+                write_s=t3 - t2,
+            )
 
     async def _dead_letter(self, bad: list[Envelope]) -> None:
         if not bad:

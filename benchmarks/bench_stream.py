@@ -1,0 +1,510 @@
+"""Stream benchmark: posts/s from a Redis input stream to the Redis output stream.
+
+Ours: the first ``--posts`` posts of ``--data`` are pushed into ``sentistream:posts`` of a fresh
+``redis-server`` with ``sentistream ingest`` (timed on its own), then ``sentistream stream``
+worker processes are started together on the consumer group; the clock runs from process start
+(model load included) until every post has a result in ``sentistream:results`` (or a
+dead-letter entry), polled with ``XLEN``. Reported per run: end-to-end posts/s, time to the
+first result (process start + model load + first batch) and steady-state posts/s (first to
+last result), plus a check that every input id appears exactly once in the output stream.
+Configurations: two workers with one inference thread each, and (``--single-worker``) one
+worker with two threads.
+
+Baseline: the loop people write by hand, on the same posts (the first ``--baseline-posts``;
+posts/s keeps the ratio fair): a Hugging Face ``transformers`` text-classification pipeline on
+the same network (``hf_baseline.load_pipeline``), one post at a time: ``XRANGE`` the next
+input entry, classify it, ``PUBLISH`` the JSON result and ``XADD`` it to an output stream, one
+round trip each. Pipeline load is timed apart and not counted in its posts/s.
+
+Writes ``benchmarks/results/<date>-<host>-stream.{json,md}``.
+
+    python benchmarks/bench_stream.py --data ../shared/data/stream/tweets.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_classify import RESULTS, machine, spread
+
+from sentistream.testing import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+INPUT_STREAM = "sentistream:posts"
+OUTPUT_STREAM = "sentistream:results"
+DEAD_STREAM = "sentistream:dead"
+GROUP = "sentistream"
+BASELINE_OUTPUT = "naive:results"
+BASELINE_CHANNEL = "naive:results"
+EXE = [sys.executable, "-m", "sentistream"]
+
+
+def child_env(url: str) -> dict[str, str]:
+    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "SENTISTREAM_REDIS_URL": url}
+
+
+def write_posts(data: Path, n: int, out: Path) -> list[str]:
+    """The first ``n`` lines of ``data`` into ``out``; returns their ids in order."""
+    ids: list[str] = []
+    with data.open(encoding="utf-8") as src, out.open("w", encoding="utf-8") as dst:
+        for line in src:
+            if len(ids) >= n:
+                break
+            if not line.strip():
+                continue
+            ids.append(str(json.loads(line)["id"]))
+            dst.write(line if line.endswith("\n") else line + "\n")
+    if len(ids) < n:
+        raise SystemExit(f"{data} has only {len(ids)} posts, --posts asked for {n}")
+    return ids
+
+
+def ingest(url: str, posts_file: Path) -> dict[str, Any]:
+    cmd = [*EXE, "ingest", "--source", "file", "--input", str(posts_file)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, env=child_env(url), capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"ingest failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    summary = json.loads(proc.stderr.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 3), "ingested": summary["ingested"]}
+
+
+def group_done(client: redis.Redis, n: int) -> bool:
+    """Fallback end condition: the group has read all ``n`` entries and acked them all."""
+    for g in client.xinfo_groups(INPUT_STREAM):
+        name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+        if name == GROUP:
+            read = g.get("entries-read")
+            return read is not None and int(read) >= n and int(g["pending"]) == 0
+    return False
+
+
+def read_output_ids(client: redis.Redis, stream: str) -> tuple[list[str], dict[str, str]]:
+    """Ids from the ``data`` JSON of every entry of ``stream``; and the first record's model."""
+    ids: list[str] = []
+    model: dict[str, str] = {}
+    cursor = "-"
+    while True:
+        entries: Any = client.xrange(stream, min=cursor, count=5000)
+        if not entries:
+            break
+        for _, fields in entries:
+            rec = json.loads(fields[b"data"])
+            ids.append(str(rec["id"]))
+            if not model and "model" in rec:
+                model = {"model": rec["model"], "model_version": rec.get("model_version", "")}
+        cursor = "(" + entries[-1][0].decode()
+    return ids, model
+
+
+def check_ids(expected: list[str], got: list[str], dead: int) -> dict[str, Any]:
+    counts = collections.Counter(got)
+    want = set(expected)
+    missing = [i for i in expected if i not in counts]
+    duplicated = [i for i, c in counts.items() if c > 1]
+    extra = [i for i in counts if i not in want]
+    return {
+        "expected": len(expected),
+        "output_entries": len(got),
+        "dead_lettered": dead,
+        "missing": len(missing),
+        "duplicated": len(duplicated),
+        "unexpected": len(extra),
+        "examples_missing": missing[:5],
+        "examples_duplicated": duplicated[:5],
+        "ok": not missing and not duplicated and not extra and len(got) == len(expected),
+    }
+
+
+def stop_proc(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_ours(
+    tmp: Path,
+    posts_file: Path,
+    ids: list[str],
+    workers: int,
+    threads: int,
+    timeout: float,
+    label: str,
+) -> dict[str, Any]:
+    """One fresh Redis, ingest, ``workers`` worker processes; clock from process start."""
+    n = len(ids)
+    folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=tmp))
+    server = RedisServer(folder / "redis")
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
+    client: redis.Redis | None = None
+    try:
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        ing = ingest(server.url, posts_file)
+        if client.xlen(INPUT_STREAM) != n:
+            raise RuntimeError(f"input stream holds {client.xlen(INPUT_STREAM)} entries, not {n}")
+        env = child_env(server.url)
+        cmds = [
+            [
+                *EXE,
+                "stream",
+                "--source",
+                "redis",
+                "--consumer",
+                f"w{k + 1}",
+                "--intra-op-threads",
+                str(threads),
+                "--log-level",
+                "WARNING",
+            ]
+            for k in range(workers)
+        ]
+        started = time.perf_counter()
+        for k, cmd in enumerate(cmds):
+            log_path = folder / f"w{k + 1}.log"
+            logs.append(log_path)
+            with log_path.open("wb") as fh:
+                procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=env))
+        first: float | None = None
+        done_via = "xlen"
+        polls = 0
+        while True:
+            out = client.xlen(OUTPUT_STREAM)
+            now = time.perf_counter()
+            if first is None and out > 0:
+                first = now
+            dead = client.xlen(DEAD_STREAM)
+            if out + dead >= n:
+                break
+            polls += 1
+            if polls % 20 == 0 and group_done(client, n):
+                done_via = "group drained (fewer results than posts)"
+                break
+            for proc, log_path in zip(procs, logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"worker exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}"
+                    )
+            if now - started > timeout:
+                raise TimeoutError(f"{out}/{n} results after {timeout:.0f} s")
+            time.sleep(0.02)
+        elapsed = now - started
+        for proc in procs:
+            stop_proc(proc)
+        summaries = []
+        for log_path in logs:
+            lines = [ln for ln in log_path.read_text().splitlines() if ln.startswith("{")]
+            summaries.append(json.loads(lines[-1]) if lines else None)
+        got, model = read_output_ids(client, OUTPUT_STREAM)
+        dead = int(client.xlen(DEAD_STREAM))
+        first_s = (first or now) - started
+        steady = n / (elapsed - first_s) if elapsed > first_s else None
+        result = {
+            "workers": workers,
+            "intra_op_threads": threads,
+            "posts": n,
+            "ingest": ing,
+            "wall_s": round(elapsed, 3),
+            "posts_per_s": round(n / elapsed, 1),
+            "first_result_s": round(first_s, 3),
+            "steady_posts_per_s": round(steady, 1) if steady else None,
+            "end_condition": done_via,
+            "worker_summaries": summaries,
+            "ids_check": check_ids(ids, got, dead),
+            **model,
+        }
+        print(
+            f"{label}: {json.dumps({k: v for k, v in result.items() if k != 'worker_summaries'})}",
+            flush=True,
+        )
+        return result
+    finally:
+        for proc in procs:
+            stop_proc(proc, timeout=30.0)
+        if client is not None:
+            client.close()
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_baseline(
+    tmp: Path, posts_file: Path, ids: list[str], checkpoint: Path | None, threads: int
+) -> dict[str, Any]:
+    """The naive loop, in this process: XRANGE one entry, classify one post, PUBLISH, XADD."""
+    from hf_baseline import load_pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the custom head is "not supported": it works, say less
+
+    n = len(ids)
+    folder = Path(tempfile.mkdtemp(prefix="naive-", dir=tmp))
+    server = RedisServer(folder / "redis")
+    client: redis.Redis | None = None
+    try:
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        ing = ingest(server.url, posts_file)
+        t0 = time.perf_counter()
+        pipe, source = load_pipeline(checkpoint, threads)
+        load_s = time.perf_counter() - t0
+        pipe("warm up")  # one untimed call, in the baseline's favour
+
+        cursor = "-"
+        done = 0
+        started = time.perf_counter()
+        while done < n:
+            entries: Any = client.xrange(INPUT_STREAM, min=cursor, count=1)
+            if not entries:
+                break
+            entry_id, fields = entries[0]
+            cursor = "(" + entry_id.decode()
+            post = json.loads(fields[b"data"])
+            scores = pipe(post["text"])
+            scores = scores[0] if scores and isinstance(scores[0], list) else scores
+            best = max(scores, key=lambda s: s["score"])
+            data = json.dumps(
+                {
+                    "id": str(post["id"]),
+                    "text": post["text"],
+                    "created_at": post.get("created_at"),
+                    "lang": post.get("lang"),
+                    "label": best["label"],
+                    "score": best["score"],
+                    "scores": {s["label"]: s["score"] for s in scores},
+                },
+                ensure_ascii=False,
+            )
+            client.publish(BASELINE_CHANNEL, data)
+            client.xadd(BASELINE_OUTPUT, {"id": str(post["id"]), "data": data})
+            done += 1
+        elapsed = time.perf_counter() - started
+        got, _ = read_output_ids(client, BASELINE_OUTPUT)
+        result = {
+            "posts": n,
+            "threads": threads,
+            "weights": source,
+            "ingest": ing,
+            "pipeline_load_s": round(load_s, 3),
+            "loop_s": round(elapsed, 3),
+            "posts_per_s": round(done / elapsed, 1),
+            "ids_check": check_ids(ids, got, 0),
+        }
+        print(f"naive: {json.dumps(result)}", flush=True)
+        return result
+    finally:
+        if client is not None:
+            client.close()
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def fmt_spread(values: list[float]) -> str:
+    s = spread(values)
+    if s["n"] == 1:
+        return f"{s['median']:g}"
+    return f"{s['median']:g} ({s['min']:g}-{s['max']:g})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, required=True, help="JSONL posts (id, text, ...)")
+    parser.add_argument("--posts", type=int, default=20000)
+    parser.add_argument("--baseline-posts", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each of our setups")
+    parser.add_argument(
+        "--single-worker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run one worker with two inference threads",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=ROOT / "runs" / "sentiment-v1",
+        help="fp32 checkpoint for the baseline (backbone + untrained head if absent)",
+    )
+    parser.add_argument("--baseline-threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--timeout", type=float, default=600.0, help="per run, seconds")
+    args = parser.parse_args()
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed (make system-deps)")
+
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "data": str(args.data),
+        "posts": args.posts,
+        "repeats": args.repeats,
+        "commands": {
+            "ingest": "SENTISTREAM_REDIS_URL=<url> python -m sentistream ingest --source file "
+            "--input posts.jsonl",
+            "worker_2x1": "SENTISTREAM_REDIS_URL=<url> python -m sentistream stream --source "
+            "redis --consumer w1|w2 --intra-op-threads 1 --log-level WARNING (two processes)",
+            "worker_1x2": "SENTISTREAM_REDIS_URL=<url> python -m sentistream stream --source "
+            "redis --consumer w1 --intra-op-threads 2 --log-level WARNING",
+            "naive": "in-process: hf_baseline.load_pipeline(checkpoint, threads); per post "
+            "XRANGE (count 1) -> pipeline(text) -> PUBLISH -> XADD",
+            "benchmark": "python benchmarks/bench_stream.py " + " ".join(sys.argv[1:]),
+        },
+        "ours": {},
+    }
+    setups = [("2_workers_x_1_thread", 2, 1)]
+    if args.single_worker:
+        setups.append(("1_worker_x_2_threads", 1, 2))
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    try:
+        posts_file = tmp / "posts.jsonl"
+        ids = write_posts(args.data, args.posts, posts_file)
+        # Warm the page cache (model, libraries) so run 1 is not the only cold one.
+        subprocess.run(
+            [*EXE, "classify", "warm the page cache"],
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            capture_output=True,
+            check=True,
+        )
+        for rep in range(args.repeats):
+            for name, workers, threads in setups:
+                run = run_ours(
+                    tmp, posts_file, ids, workers, threads, args.timeout, f"{name}#{rep + 1}"
+                )
+                results["ours"].setdefault(name, {"runs": []})["runs"].append(run)
+        base_n = min(args.baseline_posts, args.posts)
+        base_file = tmp / "baseline.jsonl"
+        base_ids = write_posts(posts_file, base_n, base_file)
+        checkpoint = args.checkpoint if args.checkpoint.exists() else None
+        results["naive"] = run_baseline(tmp, base_file, base_ids, checkpoint, args.baseline_threads)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    naive = results["naive"]["posts_per_s"] or 1e-9
+    for setup in results["ours"].values():
+        runs = setup["runs"]
+        setup["posts_per_s"] = spread([r["posts_per_s"] for r in runs])
+        setup["steady_posts_per_s"] = spread(
+            [r["steady_posts_per_s"] for r in runs if r["steady_posts_per_s"]]
+        )
+        setup["first_result_s"] = spread([r["first_result_s"] for r in runs])
+        setup["ratio_vs_naive"] = round(setup["posts_per_s"]["median"] / naive, 1)
+        setup["ids_ok"] = all(r["ids_check"]["ok"] for r in runs)
+    two = results["ours"]["2_workers_x_1_thread"]
+    first_run = two["runs"][0]
+    results["model"] = {
+        "name": first_run.get("model"),
+        "version": first_run.get("model_version"),
+        "naive_weights": results["naive"]["weights"],
+    }
+    results["targets"] = {
+        "posts_per_s_2_workers": 1000,
+        "ratio_vs_naive": 10,
+        "met_posts_per_s": two["posts_per_s"]["median"] >= 1000,
+        "met_ratio": two["ratio_vs_naive"] >= 10,
+    }
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = f"{datetime.now(UTC):%Y-%m-%d}-{results['machine']['host']}-stream"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    m = results["machine"]
+    nv = results["naive"]
+    labels = {
+        "2_workers_x_1_thread": "sentistream stream, 2 workers x 1 thread",
+        "1_worker_x_2_threads": "sentistream stream, 1 worker x 2 threads",
+    }
+    md = [
+        f"# Stream benchmark {results['date']}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, ISA {' '.join(m['isa'])}; onnxruntime "
+        f"{m['onnxruntime']}, Python {m['python']}; load average at start "
+        f"{' '.join(str(x) for x in results['loadavg_at_start'])}, at end "
+        f"{' '.join(str(x) for x in results['loadavg_at_end'])}. Redis: a fresh "
+        "`redis-server` (AOF, appendfsync everysec) per run on the same machine. "
+        f"Model: {results['model']['name']}:{results['model']['version']} (shipped ONNX); "
+        f"naive loop: transformers pipeline, {nv['weights']}, {nv['threads']} torch threads.",
+        "",
+        f"Posts: the first {args.posts} of `{args.data.name}` "
+        f"(naive loop: the first {nv['posts']}). Ours: the clock starts when the worker "
+        "processes are started (interpreter start and model load included) and stops when "
+        "`XLEN sentistream:results` (+ dead letters) reaches the post count. Steady state: "
+        "from the first result to the last. Naive: posts/s over the loop only (pipeline load "
+        f"{nv['pipeline_load_s']} s not counted). Median (min-max) over {args.repeats} run(s).",
+        "",
+        "| setup | posts | posts/s end to end | steady-state posts/s | first result (s) "
+        "| vs naive | ids exactly once |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, setup in results["ours"].items():
+        runs = setup["runs"]
+        md.append(
+            f"| {labels[name]} | {args.posts} | "
+            f"{fmt_spread([r['posts_per_s'] for r in runs])} | "
+            f"{fmt_spread([r['steady_posts_per_s'] for r in runs if r['steady_posts_per_s']])} | "
+            f"{fmt_spread([r['first_result_s'] for r in runs])} | "
+            f"{setup['ratio_vs_naive']}x | {'yes' if setup['ids_ok'] else 'NO'} |"
+        )
+    md.append(
+        f"| naive loop: XRANGE 1 -> transformers pipeline -> PUBLISH -> XADD | {nv['posts']} | "
+        f"{nv['posts_per_s']} | {nv['posts_per_s']} | - | 1.0x | "
+        f"{'yes' if nv['ids_check']['ok'] else 'NO'} |"
+    )
+    t = results["targets"]
+    ing = first_run["ingest"]
+    md += [
+        "",
+        f"Target: >= 1,000 posts/s end to end with two worker processes: "
+        f"{'met' if t['met_posts_per_s'] else 'NOT met'} ({two['posts_per_s']['median']} "
+        f"posts/s). Target: >= 10x the naive loop: {'met' if t['met_ratio'] else 'NOT met'} "
+        f"({two['ratio_vs_naive']}x).",
+        "",
+        f"Ingest (not in the figures above): `sentistream ingest` pushed {ing['ingested']} posts "
+        f"in {ing['wall_s']} s, process start included "
+        f"({round(ing['ingested'] / ing['wall_s'], 1)} posts/s).",
+        "",
+        "Id check: every input id read back from the `data` JSON of the output stream, "
+        "expected exactly once each (missing / duplicated / unexpected: "
+        + "; ".join(
+            f"{name} run {i + 1}: {r['ids_check']['missing']}/{r['ids_check']['duplicated']}/"
+            f"{r['ids_check']['unexpected']}, dead-lettered {r['ids_check']['dead_lettered']}"
+            for name, setup in results["ours"].items()
+            for i, r in enumerate(setup["runs"])
+        )
+        + ").",
+        "",
+        "Commands:",
+        "",
+        *(f"- {k}: `{v}`" for k, v in results["commands"].items()),
+        "",
+        "Reproduce: `make bench-stream`.",
+        "",
+    ]
+    (RESULTS / f"{stem}.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
