@@ -56,6 +56,11 @@ _STREAM_FLAGS = (
     "claim_idle_ms",
     "max_deliveries",
     "worker_http_port",
+    "source",
+    "input_path",
+    "rate",
+    "loop",
+    "model_url",
 )
 _SETTING_FLAGS = (
     "model_repository",
@@ -106,11 +111,15 @@ def _add_stream_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-deliveries", type=int)
 
 
-def _add_source_flags(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--source", choices=["file", "stdin", "redis", "x", "bluesky"], default=default)
-    p.add_argument("--input", type=Path, help="JSONL/TXT file for --source file")
-    p.add_argument("--rate", type=float, default=0.0, help="posts per second (0: no limit)")
-    p.add_argument("--loop", action="store_true", help="replay the file forever")
+def _add_source_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source",
+        choices=["file", "stdin", "redis", "x", "bluesky"],
+        help="where posts come from (default: file)",
+    )
+    p.add_argument("--input", dest="input_path", type=Path, help="JSONL/TXT for --source file")
+    p.add_argument("--rate", type=float, help="posts per second (0: no limit)")
+    p.add_argument("--loop", action="store_const", const=True, help="replay the file forever")
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
@@ -124,11 +133,11 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     summary = asyncio.run(
         run_stream(
             settings,
-            source_kind=args.source,
-            input_path=args.input,
+            source_kind=settings.source,
+            input_path=settings.input_path,
             output=args.output,
-            rate=args.rate,
-            loop=args.loop,
+            rate=settings.rate,
+            loop=settings.loop,
             pretty=args.pretty,
         )
     )
@@ -141,13 +150,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     from sentistream.stream.run import ingest
 
+    settings = _settings(args)
     summary = asyncio.run(
         ingest(
-            _settings(args),
-            source_kind=args.source,
-            input_path=args.input,
-            rate=args.rate,
-            loop=args.loop,
+            settings,
+            source_kind=settings.source,
+            input_path=settings.input_path,
+            rate=settings.rate,
+            loop=settings.loop,
         )
     )
     print(json.dumps(summary), file=sys.stderr)
@@ -455,7 +465,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("stream", help="run the stream worker: source -> model -> sinks")
-    _add_source_flags(p, "file")
+    _add_source_flags(p)
     p.add_argument("--output", type=Path, help="also write result records to this JSONL file")
     p.add_argument("--pretty", action="store_true", help="human-readable lines on stdout")
     p.add_argument(
@@ -465,13 +475,14 @@ def _parser() -> argparse.ArgumentParser:
         help="serve /metrics, /healthz, /readyz on this port",
     )
     p.add_argument("--host", help="address of the HTTP endpoint (default 0.0.0.0)")
+    p.add_argument("--model-url", help="grpc://host:8500 of a model server (remote model mode)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _add_stream_flags(p)
     _add_setting_flags(p)
     p.set_defaults(func=_cmd_stream)
 
     p = sub.add_parser("ingest", help="push a source into the input Redis Stream")
-    _add_source_flags(p, "file")
+    _add_source_flags(p)
     _add_stream_flags(p)
     p.set_defaults(func=_cmd_ingest)
 

@@ -184,6 +184,17 @@ class Settings(BaseSettings):
         description="Pending entries idle this long "
         "(a dead consumer's) are claimed by this worker (XAUTOCLAIM).",
     )
+    source: Literal["file", "stdin", "redis", "x", "bluesky"] = Field(
+        "file", description="Where `stream`/`ingest` read posts from."
+    )
+    input_path: Path | None = Field(None, description="JSONL/TXT file for the file source.")
+    rate: float = Field(0.0, ge=0, description="File source: posts per second (0: no limit).")
+    loop: bool = Field(False, description="File source: replay the file forever.")
+    model_url: str | None = Field(
+        None,
+        description="Remote model mode: grpc://host:8500 (or grpcs://) of a model server "
+        "instead of loading the model in the worker.",
+    )
     worker_http_port: int | None = Field(
         None,
         ge=0,

@@ -69,6 +69,17 @@ def _ingest(url: str, payloads: list[str], stream: str = "sentistream:posts") ->
     client.close()
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, and SIGKILL if it does not drain in time (never leave a process behind)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def _output_ids(url: str) -> list[str]:
     client = redis.Redis.from_url(url)
     ids = [f[b"id"].decode() for _, f in client.xrange("sentistream:results")]
@@ -245,9 +256,7 @@ def test_kill_9_workers_repeatedly_loses_and_duplicates_nothing(server: RedisSer
                 workers[victim] = _worker_proc(server.url, None, victim)
     finally:
         for proc in workers.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers.values():
-            proc.wait(30)
+            _stop(proc)
     ids = _output_ids(server.url)
     assert kills == 4
     assert len(ids) == len(posts) and len(set(ids)) == len(posts)
@@ -273,8 +282,7 @@ def test_redis_killed_and_restarted_from_aof(server: RedisServer, tiny_repo: Pat
             time.sleep(0.5)
         assert worker.poll() is None, "the worker must survive the Redis restart"
     finally:
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0
+        assert _stop(worker) == 0
     ids = _output_ids(server.url)
     assert len(ids) == len(posts) and len(set(ids)) == len(posts)
 
@@ -336,8 +344,7 @@ def test_worker_http_endpoints_pubsub_and_subscribe_replay(
         assert "sentistream_worker_consumer_lag 0.0" in metrics
         assert 'sentistream_worker_stage_seconds_count{stage="inference"}' in metrics
     finally:
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(30) == 0
+        assert _stop(worker) == 0
     live = []
     while (message := pubsub.get_message(timeout=0.5)) is not None:
         if message["type"] == "message":
@@ -377,3 +384,64 @@ def test_demo_publishes_to_redis(server: RedisServer) -> None:
     assert "SUBSCRIBE sentistream:results" in proc.stderr
     assert len(proc.stdout.splitlines()) == 40
     assert len(_output_ids(server.url)) == 40
+
+
+def test_remote_model_server_down_for_10_seconds_loses_nothing(
+    server: RedisServer, tiny_repo: Path
+) -> None:
+    from sentistream.testing import ServerProcess
+
+    posts = _posts(3000)
+    _ingest(server.url, [json.dumps(p) for p in posts])
+    model_server = ServerProcess(tiny_repo, args=["--model", "tiny"]).start()
+    env = {**os.environ, "SENTISTREAM_REDIS_URL": server.url, "TOKENIZERS_PARALLELISM": "false"}
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sentistream",
+            "stream",
+            "--source",
+            "redis",
+            "--consumer",
+            "r",
+            "--model-url",
+            f"grpc://{model_server.grpc}",
+            "--model",
+            "tiny",
+            "--stream-batch-size",
+            "16",
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis.from_url(server.url)
+    replacement = None
+    try:
+        deadline = time.monotonic() + 60
+        while client.xlen("sentistream:results") < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert model_server.stop() == 0
+        stalled_at = client.xlen("sentistream:results")
+        time.sleep(10)
+        assert client.xlen("sentistream:results") <= stalled_at + 16  # nothing processed
+        assert worker.poll() is None
+        replacement = ServerProcess(tiny_repo, args=["--model", "tiny"])
+        replacement.http_port, replacement.grpc_port = (
+            model_server.http_port,
+            model_server.grpc_port,
+        )
+        replacement.start()
+        deadline = time.monotonic() + 120
+        while client.xlen("sentistream:results") < len(posts) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        _stop(worker)
+        if replacement is not None:
+            replacement.stop()
+    ids = _output_ids(server.url)
+    assert len(ids) == len(posts) and len(set(ids)) == len(posts)
+    assert client.xpending("sentistream:posts", "sentistream")["pending"] == 0

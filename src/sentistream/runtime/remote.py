@@ -8,12 +8,12 @@ model server instead of loading the model itself. Behaviour:
   ``ready_timeout``), reads the tasks from ``ModelMetadata`` and sends one warm-up request to
   learn the label order (the ``labels`` parameter of ``<task>_probabilities``), name and version.
 - ``prepare`` validates and cleans locally, exactly like ``Classifier.prepare``.
-- Calls are synchronous (the worker calls from a thread) with a per-call deadline. UNAVAILABLE,
-  DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and CANCELLED (a server shutting down; this client
-  never cancels) are retried forever with exponential backoff
-  (0.2 s doubling to 5 s, times ``backoff_scale``): the caller's input stays unacknowledged, so
-  blocking is right. After 5 consecutive failures a circuit breaker opens: callers wait out the
-  backoff and one probe at a time tries the server. ``close()`` ends the waiting.
+- Calls are synchronous (the worker calls from a thread) with a per-call deadline.
+  UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and CANCELLED (a server shutting down;
+  this client never cancels) are retried forever with exponential backoff (0.2 s doubling to
+  5 s, times ``backoff_scale``): the caller's input stays unacknowledged, so blocking is right.
+  After 5 consecutive failures a circuit breaker opens: callers wait out the backoff and one
+  probe at a time tries the server. ``close()`` ends the waiting with ``UnavailableError``.
 - INVALID_ARGUMENT -> ``InvalidInputError``, NOT_FOUND -> ``ModelNotFoundError``,
   UNAUTHENTICATED and anything else -> ``UnavailableError``; none of these is retried.
 - Labels and the model version are read from every response, so a server that switches model
@@ -73,7 +73,7 @@ class RemoteClassifier:
         """Open the channel only; :meth:`connect` also waits for the server and learns the model."""
         parts = urlsplit(url)
         if parts.scheme not in ("grpc", "grpcs") or not parts.hostname or not parts.port:
-            raise ValueError(f"expected grpc://host:port or grpcs://host:port, got {url!r}")
+            raise InvalidInputError(f"expected grpc://host:port or grpcs://host:port, got {url!r}")
         self.target = f"{parts.hostname}:{parts.port}"
         ms = [max(1, int(x * backoff_scale)) for x in (200, 5000)]
         options = [

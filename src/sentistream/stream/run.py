@@ -103,7 +103,20 @@ async def run_stream(
             await client.ping()
         except Exception as exc:
             raise UnavailableError(f"cannot reach Redis: {type(exc).__name__}") from None
-    classifier = await asyncio.to_thread(load_classifier, settings)
+    classifier: Any
+    if settings.model_url:
+        from sentistream.repository import parse_model_ref
+        from sentistream.runtime.remote import RemoteClassifier
+
+        token = settings.auth_token.get_secret_value() if settings.auth_token else None
+        classifier = await asyncio.to_thread(
+            RemoteClassifier.connect,
+            settings.model_url,
+            parse_model_ref(settings.model)[0],
+            auth_token=token,
+        )
+    else:
+        classifier = await asyncio.to_thread(load_classifier, settings)
     source = make_source(
         source_kind, settings, input_path=input_path, rate=rate, loop=loop, client=client
     )
