@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install system-deps venv test unit integration lint format docs bench bench-server bench-stream proto serve train-sentiment export-sentiment eval-sentiment clean
+.PHONY: install system-deps venv test unit integration lint format docs bench bench-server bench-stream bench-overload soak audit proto serve train-sentiment export-sentiment eval-sentiment clean
 
 install: system-deps venv  ## everything: Debian packages, virtualenv, package with [train,dev] extras
 
@@ -60,6 +60,9 @@ clean:
 bench-stream:  ## Redis in -> 2 workers -> Redis out vs a naive one-at-a-time loop; writes benchmarks/results/
 	$(BIN)/python benchmarks/bench_stream.py --data $(DATA)/stream/tweets.jsonl
 
+audit:  ## dependency audit; reports only (documented in docs/reliability.md), never fails
+	-timeout 300 $(BIN)/pip-audit --progress-spinner off --local || echo "pip-audit: reported issues or could not reach the advisory service"
+
 proto:  ## regenerate the gRPC/protobuf modules from proto/
 	PYTHON=$(BIN)/python bash scripts/gen_proto.sh
 
@@ -68,3 +71,10 @@ bench-server:  ## our server (REST, gRPC) vs FastAPI + transformers pipeline; wr
 
 serve:  ## the model server on :8000 (HTTP) and :8500 (gRPC)
 	$(BIN)/sentistream serve
+
+MINUTES ?= 30
+soak:  ## server + worker + Redis at half capacity for MINUTES (default 30); not in CI
+	$(BIN)/python benchmarks/soak.py --minutes $(MINUTES)
+
+bench-overload:  ## drive the server to 2x+ capacity; writes benchmarks/results/<date>-overload.json
+	$(BIN)/python benchmarks/overload.py

@@ -521,6 +521,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # disk full, permissions...: say so; durable inputs stay unacked
+        print(
+            f"error: {exc.strerror or exc} ({getattr(exc, 'filename', None) or 'output'})",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `sentistream ... | head`: the reader left, that is fine

@@ -445,3 +445,118 @@ def test_remote_model_server_down_for_10_seconds_loses_nothing(
     ids = _output_ids(server.url)
     assert len(ids) == len(posts) and len(set(ids)) == len(posts)
     assert client.xpending("sentistream:posts", "sentistream")["pending"] == 0
+
+
+def test_redis_password_never_appears_in_logs_or_errors(tmp_path: Path, tiny_repo: Path) -> None:
+    secret = "s3cret-redis-pw-42"
+    with RedisServer(tmp_path / "pw", password=secret) as r:
+        _ingest(r.url, [json.dumps(p) for p in _posts(100)])
+        env = {**os.environ, "SENTISTREAM_REDIS_URL": r.url, "TOKENIZERS_PARALLELISM": "false"}
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sentistream",
+                "stream",
+                "--source",
+                "redis",
+                "--consumer",
+                "pw",
+                "--model-repository",
+                str(tiny_repo),
+                "--model",
+                "tiny",
+                "--log-level",
+                "DEBUG",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            time.sleep(3)
+            r.kill()  # force reconnect warnings
+            time.sleep(2)
+            r.start()
+            time.sleep(2)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            out, err = worker.communicate(timeout=60)
+        assert len(_output_ids(r.url)) == 100
+        wrong = subprocess.run(
+            [sys.executable, "-m", "sentistream", "ingest", "--input", "/dev/null"],
+            env={**env, "SENTISTREAM_REDIS_URL": f"redis://:{secret}x@127.0.0.1:1/0"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    for text in (out.decode(), err.decode(), wrong.stdout, wrong.stderr):
+        assert secret not in text
+    assert "redis unavailable" in err.decode()
+
+
+@pytest.mark.parametrize("fault", ["client-kill", "client-pause"])
+def test_redis_connection_killed_or_paused_loses_nothing(
+    server: RedisServer, tiny_repo: Path, fault: str
+) -> None:
+    posts = _posts(4000)
+    _ingest(server.url, [json.dumps(p) for p in posts])
+    worker = _worker_proc(server.url, None, "f")  # the shipped model: a run of a few seconds
+    client = redis.Redis.from_url(server.url)
+    try:
+        deadline = time.monotonic() + 60
+        while client.xlen("sentistream:results") < 500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if fault == "client-kill":
+            for _ in range(3):  # kill every client connection but ours, three times
+                me = client.client_id()
+                for c in client.client_list():
+                    if int(c["id"]) != me:
+                        client.client_kill_filter(_id=int(c["id"]))
+                time.sleep(0.5)
+        else:
+            client.client_pause(3000)  # all clients blocked for 3 s
+            time.sleep(3.5)
+        deadline = time.monotonic() + 120
+        while client.xlen("sentistream:results") < len(posts) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert worker.poll() is None
+    finally:
+        assert _stop(worker) == 0
+    ids = _output_ids(server.url)
+    assert len(ids) == len(posts) and len(set(ids)) == len(posts)
+    assert client.xpending("sentistream:posts", "sentistream")["pending"] == 0
+
+
+def test_disk_full_on_the_jsonl_sink_acks_nothing(server: RedisServer, tiny_repo: Path) -> None:
+    _ingest(server.url, [json.dumps(p) for p in _posts(50)])
+    env = {**os.environ, "SENTISTREAM_REDIS_URL": server.url, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sentistream",
+            "stream",
+            "--source",
+            "redis",
+            "--consumer",
+            "d",
+            "--model-repository",
+            str(tiny_repo),
+            "--model",
+            "tiny",
+            "--output",
+            "/dev/full",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "No space left on device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    client = redis.Redis.from_url(server.url)
+    assert client.xlen("sentistream:results") == 0
+    assert client.xpending("sentistream:posts", "sentistream")["pending"] > 0  # kept for a retry
+    asyncio.run(_run_worker(server.url, tiny_repo, 50, consumer="d"))  # disk fixed: all done
+    assert sorted(_output_ids(server.url)) == sorted(f"p{i}" for i in range(50))

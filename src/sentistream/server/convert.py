@@ -185,6 +185,8 @@ def v2_rest_texts(
     outputs = body.get("outputs") or []
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise InvalidInputError("'outputs' must be a list of objects")
+    if not all(isinstance(o.get("parameters") or {}, dict) for o in outputs):
+        raise InvalidInputError("an output's 'parameters' must be an object")
     requested = [str(o.get("name")) for o in outputs]
     binary_out = {
         str(o.get("name")) for o in outputs if (o.get("parameters") or {}).get("binary_data")

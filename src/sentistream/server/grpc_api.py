@@ -76,7 +76,7 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
         return v2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return v2.ServerReadyResponse(ready=self.registry.ready and not self.registry.draining)
+        return v2.ServerReadyResponse(ready=self.registry.serving)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         try:

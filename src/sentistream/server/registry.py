@@ -244,6 +244,11 @@ class ModelRegistry:
         return model
 
     # -- serving --------------------------------------------------------------------------------
+    @property
+    def serving(self) -> bool:
+        """Ready, not draining, and at least one model version loaded."""
+        return self.ready and not self.draining and bool(self.models())
+
     def models(self) -> list[LoadedModel]:
         return [m for versions in self._models.values() for m in versions.values()]
 

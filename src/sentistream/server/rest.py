@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sentistream import __version__
 from sentistream.config import Settings
@@ -87,11 +88,34 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "not ready"),
     ]
 }
+# Operations without parameters or body can still be refused for the token or the body size.
+NO_INPUT: dict[int | str, dict[str, Any]] = {code: ERRORS[code] for code in (401, 413)}
 
 
-def _error(status: int, message: str, code: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+# gRPC status-code names for the HTTP errors FastAPI/Starlette raise themselves.
+_HTTP_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    413: "INVALID_ARGUMENT",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    503: "UNAVAILABLE",
+}
+
+
+def _error(
+    status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def _too_large(limit: int) -> str:
+    return f"request body larger than {limit} bytes"
 
 
 async def _until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
@@ -138,6 +162,16 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
     @app.exception_handler(_AuthError)
     async def _auth_error(_: Request, __: Exception) -> JSONResponse:
         return _error(401, "missing or invalid bearer token", "UNAUTHENTICATED")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Errors FastAPI and Starlette raise themselves (no such route, method not allowed, a
+        # body that cannot be parsed) in the same JSON shape as ours. FastAPI reports a body cut
+        # off by the size limit (chunked, no Content-Length) as unparsable: it is a 413.
+        if isinstance(exc.__cause__, _TooLarge):
+            return _error(413, _too_large(settings.max_body_bytes), "INVALID_ARGUMENT")
+        code = _HTTP_CODES.get(exc.status_code, "UNKNOWN")
+        return _error(exc.status_code, str(exc.detail), code, dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -186,8 +220,11 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
 
     @app.get("/v2/health/ready", tags=["health"], summary="readiness", responses={503: ERRORS[503]})
     async def ready() -> JSONResponse:
-        ok = registry.ready and not registry.draining
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        if registry.serving:
+            return JSONResponse({"ready": True})
+        return JSONResponse(
+            {"ready": False, "error": "not ready", "code": "UNAVAILABLE"}, status_code=503
+        )
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def prometheus() -> Response:
@@ -260,12 +297,15 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
         return v2_metadata(registry.get(model, version))
 
     async def model_ready(model: str, version: str | None) -> JSONResponse:
-        try:
-            registry.get(model, version)
-            ok = registry.ready
-        except SentistreamError:
-            ok = False
-        return JSONResponse({"name": model, "ready": ok}, status_code=200 if ok else 503)
+        # An unknown model or version is a 404 (KServe: any 4xx means "not ready"), not a 503;
+        # 503 is for a served model while the server is not ready (starting or draining).
+        registry.get(model, version)
+        if registry.ready:
+            return JSONResponse({"name": model, "ready": True})
+        return JSONResponse(
+            {"name": model, "ready": False, "error": "not ready", "code": "UNAVAILABLE"},
+            status_code=503,
+        )
 
     @app.get(
         "/v2/models/{model}/ready", tags=["kserve-v2"], dependencies=protected, responses=ERRORS
@@ -330,7 +370,9 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
         return await v2_infer(request, model, version)
 
     # -- repository control (KServe/Triton repository extension + rollback) --------------------
-    @app.post("/v2/repository/index", tags=["repository"], dependencies=protected)
+    @app.post(
+        "/v2/repository/index", tags=["repository"], dependencies=protected, responses=NO_INPUT
+    )
     async def repository_index() -> list[dict[str, Any]]:
         served = {(m.name, m.version) for m in registry.models()}
         return [
@@ -352,7 +394,9 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
         responses=ERRORS,
     )
     async def repository_load(model: str, version: str | None = None) -> dict[str, Any]:
-        loaded = await registry.load(f"{model}:{version}" if version else model)
+        ref = f"{model}:{version}" if version else model
+        registry.repository.resolve(ref)  # no such model or version folder: 404, not a 500
+        loaded = await registry.load(ref)
         return {"loaded": f"{loaded.name}:{loaded.version}"}
 
     @app.post(
@@ -374,7 +418,9 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
         loaded = await registry.rollback(model)
         return {"serving": f"{loaded.name}:{loaded.version}"}
 
-    @app.post("/v2/repository/refresh", tags=["repository"], dependencies=protected)
+    @app.post(
+        "/v2/repository/refresh", tags=["repository"], dependencies=protected, responses=NO_INPUT
+    )
     async def repository_refresh() -> dict[str, list[str]]:
         return await registry.refresh()
 
@@ -497,10 +543,7 @@ class _LimitsAndMetrics:
         except _TooLarge:
             status["code"] = 413
             body = json.dumps(
-                {
-                    "error": f"request body larger than {self.limit} bytes",
-                    "code": "INVALID_ARGUMENT",
-                }
+                {"error": _too_large(self.limit), "code": "INVALID_ARGUMENT"}
             ).encode()
             await send_with_id(
                 {

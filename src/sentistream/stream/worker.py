@@ -220,6 +220,12 @@ class StreamWorker:
             await self.source.ack(bad)
 
     async def _write(self, records: list[dict[str, Any]], envelopes: list[Envelope]) -> None:
+        # File/stdout sinks first: if one fails (disk full...), the exception stops the worker
+        # before anything is acknowledged, so a durable input keeps the entries pending.
+        for sink in self.sinks:
+            written = await sink.write(records)
+            if self.redis_sink is None:
+                self.stats.written += written
         if self.redis_sink is not None:
             ack = None
             if isinstance(self.source, RedisStreamSource):
@@ -229,9 +235,5 @@ class StreamWorker:
                     [e.ack_id for e in envelopes if e.ack_id],
                 )
             self.stats.written += await self.redis_sink.write(records, ack)
-        for sink in self.sinks:
-            written = await sink.write(records)
-            if self.redis_sink is None:
-                self.stats.written += written
         if self.redis_sink is None or not isinstance(self.source, RedisStreamSource):
             await self.source.ack(envelopes)
