@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         "sentistream:dead",
         description="Where malformed or undeliverable records go, with the reason.",
     )
+    input_maxlen: int = Field(
+        10_000_000,
+        ge=1,
+        description="Approximate cap on the input "
+        "stream length kept by `ingest` (XADD MAXLEN ~): acknowledged "
+        "entries do not pile up forever under `noeviction`.",
+    )
     output_maxlen: int = Field(
         1_000_000, ge=1, description="Approximate cap on the results stream length (XADD MAXLEN ~)."
     )
@@ -209,6 +216,14 @@ class Settings(BaseSettings):
         description="Deliveries after which an entry goes to "
         "the dead-letter stream instead of being retried.",
     )
+
+    @field_validator("auth_token", "redis_url", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: Any) -> Any:
+        # SENTISTREAM_AUTH_TOKEN="" means "no token" everywhere (REST and gRPC alike).
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("serve_models", "cors_origins", mode="before")
     @classmethod

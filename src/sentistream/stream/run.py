@@ -196,13 +196,22 @@ async def ingest(
     client = connect(url)
     source = make_source(source_kind, settings, input_path=input_path, rate=rate, loop=loop)
     count = 0
+    last_flush = asyncio.get_running_loop().time()
     pipe = client.pipeline(transaction=False)
     try:
         async for env in source.stream():
-            pipe.xadd(settings.input_stream, {"data": _payload(env)})
+            pipe.xadd(
+                settings.input_stream,
+                {"data": _payload(env)},
+                maxlen=settings.input_maxlen,
+                approximate=True,
+            )
             count += 1
-            if count % 500 == 0:
+            now = asyncio.get_running_loop().time()
+            # Send every 500 posts, and at least every 200 ms so a slow source is not held back.
+            if count % 500 == 0 or now - last_flush > 0.2:
                 await pipe.execute()
+                last_flush = now
         await pipe.execute()
     finally:
         await client.aclose()
