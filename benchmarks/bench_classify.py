@@ -44,6 +44,17 @@ def timed_run(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, An
     }
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a live process in MB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {
         "median": round(statistics.median(values), 4),

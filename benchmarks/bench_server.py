@@ -29,17 +29,10 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_classify import RESULTS, machine
+from bench_classify import RESULTS, machine, rss_mb
 
 from sentistream.config import BUNDLED_MODELS
 from sentistream.testing import ServerProcess, free_port
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def summarize(latencies: list[float], errors: int, elapsed: float) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from bench_classify import rss_mb
 
 from sentistream.config import BUNDLED_MODELS
 from sentistream.testing import ServerProcess
@@ -59,13 +60,6 @@ done = function(summary, latency, requests)
   end
 end
 """
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def wrk(url: str, connections: int, seconds: float) -> dict[str, Any]:

@@ -24,22 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from bench_classify import rss_mb
 
 from sentistream.config import BUNDLED_MODELS
 from sentistream.testing import RedisServer, ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = ["love", "hate", "great", "awful", "game", "music", "happy", "sad", "today", "team"]
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def main() -> int:

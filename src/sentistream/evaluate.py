@@ -27,9 +27,8 @@ def evaluate_model(
     label_column: str = "label",
 ) -> dict[str, Any]:
     """Classify every example of ``split`` and report accuracy, per-class P/R/F1, confusion
-    matrix and the task's official metric. Texts empty after cleaning count as errors of the
-    model (scored as the most frequent training class would be is not assumed: they are
-    predicted on the empty string)."""
+    matrix and the task's official metric. A text empty after cleaning is still scored (the
+    model sees the empty string), so the denominators match the official split."""
     from sentistream.runtime import load_classifier
     from sentistream.training.data import load_split
 

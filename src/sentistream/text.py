@@ -29,7 +29,7 @@ import unicodedata
 
 from sentistream.errors import InvalidInputError
 
-__all__ = ["CLEANING_VERSION", "DEFAULT_MAX_CHARS", "clean", "clean_many"]
+__all__ = ["CLEANING_VERSION", "DEFAULT_MAX_CHARS", "clean", "clean_many", "clean_or_empty"]
 
 CLEANING_VERSION = "1"
 DEFAULT_MAX_CHARS = 1000
@@ -139,3 +139,12 @@ def clean(text: object, max_chars: int = DEFAULT_MAX_CHARS) -> str:
 def clean_many(texts: list[str], max_chars: int = DEFAULT_MAX_CHARS) -> list[str]:
     """Clean a batch; raises on the first bad text (callers that must not fail use ``clean``)."""
     return [clean(t, max_chars) for t in texts]
+
+
+def clean_or_empty(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    """Training-side cleaning: a text with nothing left is still a labelled example (TweetEval's
+    empty lines), so it becomes ``""`` instead of an error."""
+    try:
+        return clean(text, max_chars)
+    except InvalidInputError:
+        return ""

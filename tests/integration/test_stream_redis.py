@@ -209,8 +209,11 @@ def test_entry_delivered_too_often_goes_to_dead_letter(
     assert sorted(_output_ids(server.url)) == ["p1", "p2"]
 
 
-def _worker_proc(url: str, repo: Path | None, name: str) -> subprocess.Popen[bytes]:
-    """A worker process; ``repo=None`` runs the shipped model."""
+def _worker_proc(
+    url: str, repo: Path | None, name: str, *extra: str, capture: bool = False
+) -> subprocess.Popen[bytes]:
+    """A `sentistream stream --source redis` worker process; ``repo=None`` runs the shipped
+    model; ``extra`` flags come last (so they override the defaults here)."""
     env = {**os.environ, "SENTISTREAM_REDIS_URL": url, "TOKENIZERS_PARALLELISM": "false"}
     model = ["--model-repository", str(repo), "--model", "tiny"] if repo else []
     args = [
@@ -226,12 +229,11 @@ def _worker_proc(url: str, repo: Path | None, name: str) -> subprocess.Popen[byt
         "1000",
         "--log-level",
         "WARNING",
+        *extra,
     ]
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(
-        [sys.executable, "-m", "sentistream", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "sentistream", *args], env=env, stdout=out, stderr=out
     )
 
 
@@ -301,30 +303,8 @@ def test_worker_http_endpoints_pubsub_and_subscribe_replay(
     pubsub.subscribe("sentistream:results")
     port = free_port()
     env = {**os.environ, "SENTISTREAM_REDIS_URL": server.url, "TOKENIZERS_PARALLELISM": "false"}
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sentistream",
-            "stream",
-            "--source",
-            "redis",
-            "--consumer",
-            "h",
-            "--model-repository",
-            str(tiny_repo),
-            "--model",
-            "tiny",
-            "--intra-op-threads",
-            "1",
-            "--http-port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    worker = _worker_proc(
+        server.url, tiny_repo, "h", "--http-port", str(port), "--host", "127.0.0.1"
     )
     try:
         deadline = time.monotonic() + 60
@@ -394,29 +374,16 @@ def test_remote_model_server_down_for_10_seconds_loses_nothing(
     posts = _posts(3000)
     _ingest(server.url, [json.dumps(p) for p in posts])
     model_server = ServerProcess(tiny_repo, args=["--model", "tiny"]).start()
-    env = {**os.environ, "SENTISTREAM_REDIS_URL": server.url, "TOKENIZERS_PARALLELISM": "false"}
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sentistream",
-            "stream",
-            "--source",
-            "redis",
-            "--consumer",
-            "r",
-            "--model-url",
-            f"grpc://{model_server.grpc}",
-            "--model",
-            "tiny",
-            "--stream-batch-size",
-            "16",
-            "--log-level",
-            "WARNING",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    worker = _worker_proc(
+        server.url,
+        None,
+        "r",
+        "--model-url",
+        f"grpc://{model_server.grpc}",
+        "--model",
+        "tiny",
+        "--stream-batch-size",
+        "16",
     )
     client = redis.Redis.from_url(server.url)
     replacement = None
@@ -451,28 +418,7 @@ def test_redis_password_never_appears_in_logs_or_errors(tmp_path: Path, tiny_rep
     secret = "s3cret-redis-pw-42"
     with RedisServer(tmp_path / "pw", password=secret) as r:
         _ingest(r.url, [json.dumps(p) for p in _posts(100)])
-        env = {**os.environ, "SENTISTREAM_REDIS_URL": r.url, "TOKENIZERS_PARALLELISM": "false"}
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sentistream",
-                "stream",
-                "--source",
-                "redis",
-                "--consumer",
-                "pw",
-                "--model-repository",
-                str(tiny_repo),
-                "--model",
-                "tiny",
-                "--log-level",
-                "DEBUG",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        worker = _worker_proc(r.url, tiny_repo, "pw", "--log-level", "DEBUG", capture=True)
         try:
             time.sleep(3)
             r.kill()  # force reconnect warnings
@@ -483,13 +429,17 @@ def test_redis_password_never_appears_in_logs_or_errors(tmp_path: Path, tiny_rep
             worker.send_signal(signal.SIGTERM)
             out, err = worker.communicate(timeout=60)
         assert len(_output_ids(r.url)) == 100
+        # The right server with a wrong password: refused at once, and the error says so
+        # without repeating the URL it was given.
+        wrong_url = f"redis://:{secret}x@127.0.0.1:{r.port}/0"
         wrong = subprocess.run(
-            [sys.executable, "-m", "sentistream", "ingest", "--input", "/dev/null"],
-            env={**env, "SENTISTREAM_REDIS_URL": f"redis://:{secret}x@127.0.0.1:1/0"},
+            [sys.executable, "-m", "sentistream", "stream", "--source", "redis"],
+            env={**os.environ, "SENTISTREAM_REDIS_URL": wrong_url},
             capture_output=True,
             text=True,
             timeout=60,
         )
+        assert wrong.returncode == 1 and "cannot reach Redis" in wrong.stderr, wrong.stderr
     for text in (out.decode(), err.decode(), wrong.stdout, wrong.stderr):
         assert secret not in text
     assert "redis unavailable" in err.decode()

@@ -9,7 +9,7 @@ softmax with each task's calibration temperature, and restoring the caller's ord
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,7 +19,14 @@ from tokenizers import Tokenizer
 from sentistream.errors import InvalidInputError
 from sentistream.text import clean
 
-__all__ = ["Backend", "Classifier", "Prediction", "TaskPrediction"]
+__all__ = [
+    "Backend",
+    "Classifier",
+    "Prediction",
+    "TaskPrediction",
+    "prepare_text",
+    "select_tasks",
+]
 
 IdArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -52,7 +59,6 @@ class Prediction:
     primary: str
     tasks: dict[str, TaskPrediction]
     tokens: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -73,6 +79,28 @@ class Prediction:
             if name != self.primary
         }
         return out
+
+
+def prepare_text(text: object, max_text_chars: int, max_chars: int) -> str:
+    """The one validation + cleaning rule of every classifier (local or remote)."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
+    if len(text) > max_text_chars:
+        raise InvalidInputError(f"text has {len(text)} characters; the limit is {max_text_chars}")
+    return clean(text, max_chars)
+
+
+def select_tasks(available: dict[str, list[str]], tasks: Sequence[str] | None) -> list[str]:
+    """``tasks`` checked against the model's (all of them when none are asked for)."""
+    if not tasks:
+        return list(available)
+    unknown = [t for t in tasks if t not in available]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown task(s) {', '.join(map(repr, unknown))}; this model has "
+            f"{', '.join(available)}"
+        )
+    return list(dict.fromkeys(tasks))
 
 
 def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
@@ -124,24 +152,10 @@ class Classifier:
     # -- validation -------------------------------------------------------------------------
     def prepare(self, text: object) -> str:
         """Validate and clean one text; raises InvalidInputError with the reason."""
-        if not isinstance(text, str):
-            raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
-        if len(text) > self.max_text_chars:
-            raise InvalidInputError(
-                f"text has {len(text)} characters; the limit is {self.max_text_chars}"
-            )
-        return clean(text, self.max_chars)
+        return prepare_text(text, self.max_text_chars, self.max_chars)
 
     def select_tasks(self, tasks: Sequence[str] | None) -> list[str]:
-        if tasks is None or len(tasks) == 0:
-            return list(self.tasks)
-        unknown = [t for t in tasks if t not in self.tasks]
-        if unknown:
-            raise InvalidInputError(
-                f"unknown task(s) {', '.join(map(repr, unknown))}; this model has "
-                f"{', '.join(self.tasks)}"
-            )
-        return list(dict.fromkeys(tasks))
+        return select_tasks(self.tasks, tasks)
 
     # -- inference --------------------------------------------------------------------------
     def classify(

@@ -40,9 +40,9 @@ from sentistream.errors import (
 )
 from sentistream.protos.inference import grpc_predict_v2_pb2 as v2
 from sentistream.protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from sentistream.runtime.base import Prediction, TaskPrediction
+from sentistream.runtime.base import Prediction, TaskPrediction, prepare_text, select_tasks
 from sentistream.server.convert import decode_bytes_elements, encode_bytes_elements
-from sentistream.text import DEFAULT_MAX_CHARS, clean
+from sentistream.text import DEFAULT_MAX_CHARS
 
 __all__ = ["RemoteClassifier"]
 
@@ -153,24 +153,10 @@ class RemoteClassifier:
 
     # -- validation (same rules as Classifier) ----------------------------------------------
     def prepare(self, text: object) -> str:
-        if not isinstance(text, str):
-            raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
-        if len(text) > self.max_text_chars:
-            raise InvalidInputError(
-                f"text has {len(text)} characters; the limit is {self.max_text_chars}"
-            )
-        return clean(text, self.max_chars)
+        return prepare_text(text, self.max_text_chars, self.max_chars)
 
     def select_tasks(self, tasks: Sequence[str] | None) -> list[str]:
-        if not tasks:
-            return list(self.tasks)
-        unknown = [t for t in tasks if t not in self.tasks]
-        if unknown:
-            raise InvalidInputError(
-                f"unknown task(s) {', '.join(map(repr, unknown))}; this model has "
-                f"{', '.join(self.tasks)}"
-            )
-        return list(dict.fromkeys(tasks))
+        return select_tasks(self.tasks, tasks)
 
     # -- inference ----------------------------------------------------------------------------
     def classify_clean(

@@ -112,7 +112,7 @@ def _calibration_ids(config: ExportConfig, tokenizer: Any, max_chars: int) -> li
     """Token ids of up to ``calibration_size`` texts of the calibration split (seeded sample)."""
     import random
 
-    from sentistream.text import clean
+    from sentistream.text import clean_or_empty
     from sentistream.training.data import load_split
 
     if config.verify_data is None or config.calibration_size == 0:
@@ -124,18 +124,13 @@ def _calibration_ids(config: ExportConfig, tokenizer: Any, max_chars: int) -> li
     texts = split.texts
     if len(texts) > config.calibration_size:
         texts = random.Random(0).sample(texts, config.calibration_size)
-    cleaned = []
-    for t in texts:
-        try:
-            cleaned.append(clean(t, max_chars))
-        except ValueError:
-            continue
+    cleaned = [c for c in (clean_or_empty(t, max_chars) for t in texts) if c]
     return [e.ids for e in tokenizer.encode_batch(cleaned)]
 
 
 def export(config: ExportConfig) -> Path:
     """Publish a checkpoint as a verified int8 ONNX model folder; returns the folder."""
-    from sentistream.text import clean
+    from sentistream.text import clean_or_empty
     from sentistream.training.data import load_split
 
     model, tokenizer, meta = load_checkpoint(config.checkpoint, attn_implementation="eager")
@@ -180,12 +175,8 @@ def export(config: ExportConfig) -> Path:
         metrics: dict[str, Any] = dict(meta.get("val_metrics", {}))
         if config.verify_data is not None:
             split = load_split(config.verify_data, config.verify_split)
-            texts = []
-            for t in split.texts:
-                try:
-                    texts.append(clean(t, int(meta.get("max_chars", 1000))))
-                except ValueError:
-                    texts.append("")
+            max_chars = int(meta.get("max_chars", 1000))
+            texts = [clean_or_empty(t, max_chars) for t in split.texts]
             ids = [e.ids for e in tokenizer.encode_batch(texts)]
             ref = run_onnx(fp32, ids, outputs, pad_id)
             q = run_onnx(int8, ids, outputs, pad_id)

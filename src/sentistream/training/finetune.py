@@ -23,9 +23,8 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
-from sentistream.errors import InvalidInputError
 from sentistream.metrics import classification_report
-from sentistream.text import CLEANING_VERSION, DEFAULT_MAX_CHARS, clean
+from sentistream.text import CLEANING_VERSION, DEFAULT_MAX_CHARS, clean_or_empty
 from sentistream.training.backbone import DEFAULT_BACKBONE, backbone_info, load_backbone
 from sentistream.training.data import fingerprint, load_train_val
 from sentistream.training.model import MultiTaskModel, save_checkpoint
@@ -69,13 +68,6 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
-
-
-def _clean_or_empty(text: str, max_chars: int) -> str:
-    try:
-        return clean(text, max_chars)
-    except InvalidInputError:
-        return ""  # an empty post is still a labelled example: keep it
 
 
 def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
@@ -189,8 +181,8 @@ def finetune(config: FinetuneConfig) -> Path:
     tokenizer.enable_truncation(max_length=config.max_length)
 
     t0 = time.perf_counter()
-    train_ids = _encode(tokenizer, [_clean_or_empty(t, config.max_chars) for t in train.texts])
-    val_ids = _encode(tokenizer, [_clean_or_empty(t, config.max_chars) for t in val.texts])
+    train_ids = _encode(tokenizer, [clean_or_empty(t, config.max_chars) for t in train.texts])
+    val_ids = _encode(tokenizer, [clean_or_empty(t, config.max_chars) for t in val.texts])
     print(
         f"tokenized {len(train_ids)} train / {len(val_ids)} val texts "
         f"in {time.perf_counter() - t0:.1f}s on {device}",
