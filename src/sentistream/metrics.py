@@ -30,6 +30,7 @@ OFFICIAL_METRIC: dict[str, str] = {
     "hate": "macro_f1",
     "offensive": "macro_f1",
     "irony": "f1_irony",
+    "reviews": "accuracy",  # SST-2 and IMDB report accuracy
 }
 
 
@@ -75,6 +76,8 @@ def official_score(
     metric = OFFICIAL_METRIC.get(task, "macro_f1")
     if metric == "macro_recall":
         return macro_recall(y_true, y_pred, n_classes)
+    if metric == "accuracy":
+        return float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else 0.0
     if metric == "f1_irony":
         _, _, f1, _ = _per_class(confusion_matrix(y_true, y_pred, n_classes))
         return float(f1[1])

@@ -148,3 +148,21 @@ def clean_or_empty(text: str, max_chars: int = DEFAULT_MAX_CHARS) -> str:
         return clean(text, max_chars)
     except InvalidInputError:
         return ""
+
+
+def head_tail_ids(ids: list[int], max_length: int, head_share: float = 0.25) -> list[int]:
+    """Truncate an encoded sequence ``[CLS] ... [SEP]`` to ``max_length`` by keeping its head
+    and its tail (a long review states its verdict at the end); special tokens stay in place.
+
+    The head gets ``head_share`` of the content budget, the tail the rest (Sun et al., 2019,
+    "How to Fine-Tune BERT for Text Classification?": head 128 + tail 382 works best on IMDB).
+    """
+    if len(ids) <= max_length:
+        return ids
+    if max_length < 4:
+        raise ValueError("max_length must leave room for content and special tokens")
+    first, body, last = ids[:1], ids[1:-1], ids[-1:]
+    budget = max_length - 2
+    head = round(budget * head_share)
+    tail = budget - head
+    return first + body[:head] + (body[-tail:] if tail else []) + last

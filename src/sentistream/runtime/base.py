@@ -17,7 +17,7 @@ import numpy.typing as npt
 from tokenizers import Tokenizer
 
 from sentistream.errors import InvalidInputError
-from sentistream.text import clean
+from sentistream.text import clean, head_tail_ids
 
 __all__ = [
     "Backend",
@@ -124,6 +124,7 @@ class Classifier:
         max_length: int,
         max_chars: int,
         name: str,
+        truncation: str = "head",
         version: str,
         temperatures: dict[str, float] | None = None,
         batch_size: int = 32,
@@ -135,7 +136,13 @@ class Classifier:
         self.backend = backend
         self.tokenizer = tokenizer
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=max_length)
+        if truncation not in ("head", "head_tail"):
+            raise ValueError(f"unknown truncation {truncation!r}")
+        self.truncation = truncation
+        if truncation == "head":
+            self.tokenizer.enable_truncation(max_length=max_length)
+        else:
+            self.tokenizer.no_truncation()
         self.tasks = tasks
         self.primary_task = primary_task
         self.max_length = max_length
@@ -172,7 +179,10 @@ class Classifier:
         return self.classify_clean(cleaned, tasks)
 
     def encode(self, cleaned: Sequence[str]) -> list[list[int]]:
-        return [enc.ids for enc in self.tokenizer.encode_batch(list(cleaned))]
+        encoded = [enc.ids for enc in self.tokenizer.encode_batch(list(cleaned))]
+        if self.truncation == "head_tail":
+            return [head_tail_ids(ids, self.max_length) for ids in encoded]
+        return encoded
 
     def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices sorted by length, cut into batches bounded by size and a token budget."""

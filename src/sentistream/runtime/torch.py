@@ -63,6 +63,7 @@ def load_torch_model(source: str, task: str = "sentiment") -> dict[str, Any]:
             "primary_task": meta.get("primary_task", model.task_names[0]),
             "max_length": int(meta.get("max_length", 128)),
             "max_chars": int(meta.get("max_chars", 1000)),
+            "truncation": str(meta.get("truncation", "head")),
             "name": path.name,
             "version": "0",
         }

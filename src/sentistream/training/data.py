@@ -67,6 +67,9 @@ def _load_table(path: Path, text_column: str, label_column: str) -> LabelledSpli
     csv.field_size_limit(10_000_000)
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL)
+        fields = reader.fieldnames or []
+        if text_column == "text" and "text" not in fields and "sentence" in fields:
+            text_column = "sentence"  # GLUE/SST-2 layout
         if reader.fieldnames is None or text_column not in reader.fieldnames:
             raise ValueError(f"{path}: no column {text_column!r} (columns: {reader.fieldnames})")
         if label_column not in reader.fieldnames:

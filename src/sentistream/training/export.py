@@ -21,7 +21,10 @@ from pydantic import BaseModel, Field
 
 from sentistream.manifest import MANIFEST_FORMAT, file_sha256, load_manifest
 from sentistream.metrics import classification_report
+from sentistream.training.calibration import calibrate
 from sentistream.training.card import render_model_card
+from sentistream.training.data import LabelledSplit, load_split, load_train_val
+from sentistream.training.finetune import encode_texts, source_specs
 from sentistream.training.model import MultiTaskModel, load_checkpoint
 from sentistream.training.quantize import quantize, quantize_to_agreement, run_onnx
 
@@ -48,9 +51,66 @@ class ExportConfig(BaseModel):
     max_fp32_nodes: int = Field(
         8, ge=0, description="most MatMuls kept fp32 to reach the agreement target"
     )
+    verify_all_tasks: bool = Field(
+        True, description="also verify the other tasks on the data they were trained on"
+    )
+    calibrate: bool = Field(True, description="fit a softmax temperature per verified task")
+    profile: bool = Field(
+        True, description="store the drift reference profile (primary task's validation texts)"
+    )
+    report_sections: list[dict[str, str]] = Field(
+        default_factory=list, description="extra model-card sections: {title, markdown}"
+    )
     command_line: str | None = Field(None, description="training command for the model card")
     description: str = ""
     parent_version: str | None = None
+
+
+def _verification_sets(
+    config: ExportConfig, meta: dict[str, Any], primary: str, task_names: list[str]
+) -> dict[str, Path]:
+    """Labelled data per task: ``--verify-data`` for the primary task, and for the other tasks
+    the data they were trained on: TweetEval folders (their split) or CSV/TSV sources (the
+    training run's seeded hold-out)."""
+    sets: dict[str, Path] = {}
+    if config.verify_data is not None:
+        sets[primary] = config.verify_data
+    if config.verify_all_tasks:
+        for task, info in (meta.get("task_data") or {}).items():
+            path = Path(info["path"])
+            if task not in task_names or task in sets:
+                continue
+            if (path / f"{config.verify_split}_text.txt").exists() or (
+                not path.is_dir() and all(p.is_file() for p, _ in source_specs(path))
+            ):
+                sets[task] = path
+    return {t: sets[t] for t in task_names if t in sets}
+
+
+def _labelled_split(
+    path: Path, split: str, meta: dict[str, Any], labels: list[str]
+) -> tuple[LabelledSplit, dict[str, tuple[int, int]]]:
+    """A TweetEval folder's split, or the validation hold-out of CSV/TSV source(s) exactly as
+    the training run drew it (same seed and fraction); with the row range of each source."""
+    if path.is_dir():
+        data = load_split(path, split)
+        return data, {str(path): (0, len(data.texts))}
+    cfg = meta.get("training_config", {})
+    texts: list[str] = []
+    ys: list[int] = []
+    ranges: dict[str, tuple[int, int]] = {}
+    for source, _ in source_specs(path):
+        _, val = load_train_val(
+            source,
+            val_fraction=float(cfg.get("val_fraction", 0.1)),
+            seed=int(cfg.get("seed", 42)),
+            text_column=str(cfg.get("text_column", "text")),
+            label_column=str(cfg.get("label_column", "label")),
+        )
+        ranges[str(source)] = (len(texts), len(texts) + len(val.texts))
+        texts += val.texts
+        ys += val.labels
+    return LabelledSplit(texts, ys, labels, f"{path}[val]"), ranges
 
 
 class _Wrapper(torch.nn.Module):
@@ -113,7 +173,6 @@ def _calibration_ids(config: ExportConfig, tokenizer: Any, max_chars: int) -> li
     import random
 
     from sentistream.text import clean_or_empty
-    from sentistream.training.data import load_split
 
     if config.verify_data is None or config.calibration_size == 0:
         return []
@@ -131,7 +190,6 @@ def _calibration_ids(config: ExportConfig, tokenizer: Any, max_chars: int) -> li
 def export(config: ExportConfig) -> Path:
     """Publish a checkpoint as a verified int8 ONNX model folder; returns the folder."""
     from sentistream.text import clean_or_empty
-    from sentistream.training.data import load_split
 
     model, tokenizer, meta = load_checkpoint(config.checkpoint, attn_implementation="eager")
     name = config.name or config.output.parent.name
@@ -173,36 +231,56 @@ def export(config: ExportConfig) -> Path:
 
         verification: dict[str, Any] = {}
         metrics: dict[str, Any] = dict(meta.get("val_metrics", {}))
-        if config.verify_data is not None:
-            split = load_split(config.verify_data, config.verify_split)
-            max_chars = int(meta.get("max_chars", 1000))
+        temperature_fits: dict[str, Any] = {}
+        truncation = str(meta.get("truncation", "head"))
+        max_chars = int(meta.get("max_chars", 1000))
+        per_task: dict[str, Any] = {}
+        verified_sets = _verification_sets(config, meta, primary, task_names)
+        profile_texts: dict[str, list[str]] = {}
+        for task, path in verified_sets.items():
+            split, ranges = _labelled_split(path, config.verify_split, meta, model.tasks[task])
+            profile_texts[task] = split.texts
             texts = [clean_or_empty(t, max_chars) for t in split.texts]
-            ids = [e.ids for e in tokenizer.encode_batch(texts)]
+            ids = encode_texts(tokenizer, texts, max_length, truncation)
             ref = run_onnx(fp32, ids, outputs, pad_id)
             q = run_onnx(int8, ids, outputs, pad_id)
-            k = task_names.index(meta.get("task", primary)) if meta.get("task") in task_names else 0
-            task = task_names[k]
+            k = task_names.index(task)
             labels = model.tasks[task]
             agree = float((ref[k].argmax(-1) == q[k].argmax(-1)).mean())
             rep32 = classification_report(split.labels, ref[k].argmax(-1).tolist(), labels, task)
             rep8 = classification_report(split.labels, q[k].argmax(-1).tolist(), labels, task)
-            verification = {
-                "data": str(config.verify_data),
+            per_task[task] = {
+                "data": str(path),
                 "split": config.verify_split,
-                "task": task,
                 "n": len(ids),
                 "argmax_agreement_int8_vs_fp32": round(agree, 5),
                 "max_abs_logit_diff": float(np.abs(ref[k] - q[k]).max()),
                 "fp32_official_score": round(rep32["official_score"], 5),
                 "int8_official_score": round(rep8["official_score"], 5),
             }
-            metrics = {task: {"int8": rep8, "fp32": rep32}}
-            print(json.dumps(verification, indent=2))
+            metrics[task] = {"int8": rep8, "fp32": rep32}
+            if len(ranges) > 1:  # one task from several sources: a report per source too
+                for source, (a, b) in ranges.items():
+                    metrics[f"{task}:{Path(source).parent.name}"] = {
+                        kind: classification_report(
+                            split.labels[a:b], out[k][a:b].argmax(-1).tolist(), labels, task
+                        )
+                        for kind, out in (("int8", q), ("fp32", ref))
+                    }
+            if config.calibrate:
+                temperature_fits[task] = calibrate(q[k], np.asarray(split.labels))
+        if per_task:
+            main = primary if primary in per_task else next(iter(per_task))
+            verification = {"task": main, **per_task[main], "tasks": per_task}
+            print(json.dumps(per_task, indent=2))
+            agree = per_task[main]["argmax_agreement_int8_vs_fp32"]
             if agree < config.min_agreement:
                 raise ValueError(
-                    f"int8 agrees with fp32 on {agree:.4f} of {len(ids)} texts, below "
-                    f"{config.min_agreement}: not publishing"
+                    f"int8 agrees with fp32 on {agree:.4f} of {per_task[main]['n']} "
+                    f"{main} texts, below {config.min_agreement}: not publishing"
                 )
+        if temperature_fits:
+            print(json.dumps(temperature_fits, indent=2))
 
     tokenizer.save(str(config.output / "tokenizer.json"))
     files = {f: file_sha256(config.output / f) for f in ("model.onnx", "tokenizer.json")}
@@ -213,10 +291,15 @@ def export(config: ExportConfig) -> Path:
         "description": config.description,
         "primary_task": primary,
         "tasks": {
-            t: {"labels": model.tasks[t], "output": f"logits_{t}", "temperature": 1.0}
+            t: {
+                "labels": model.tasks[t],
+                "output": f"logits_{t}",
+                "temperature": temperature_fits.get(t, {}).get("temperature", 1.0),
+            }
             for t in task_names
         },
         "max_length": max_length,
+        "truncation": truncation,
         "cleaning_version": meta["cleaning_version"],
         "max_chars": int(meta.get("max_chars", 1000)),
         "signature": {
@@ -244,9 +327,25 @@ def export(config: ExportConfig) -> Path:
             "seconds": meta.get("train_seconds"),
             "device": meta.get("device"),
             "history": meta.get("history", []),
+            **{
+                k: meta[k]
+                for k in (
+                    "task_data",
+                    "examples_per_epoch",
+                    "distilled_from",
+                    "teacher_val_metrics",
+                    "student_layers",
+                    "transfer_set",
+                )
+                if k in meta
+            },
         },
         "training_command": config.command_line,
-        "metrics": {"validation": metrics, "verification": verification},
+        "metrics": {
+            "validation": metrics,
+            "verification": verification,
+            **({"calibration": temperature_fits} if temperature_fits else {}),
+        },
         "quantization": {
             "method": "onnxruntime dynamic quantization, per-channel weights",
             "weights": "int8 (MatMul/attention weights and embedding tables)",
@@ -258,10 +357,26 @@ def export(config: ExportConfig) -> Path:
             "model_bytes": (config.output / "model.onnx").stat().st_size,
         },
         "files": files,
+        "report_sections": config.report_sections,
         "parent_version": config.parent_version,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     (config.output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     load_manifest(config.output)  # refuse to leave a folder we could not load ourselves
+    if config.profile and primary in profile_texts:
+        _store_profile(config.output, profile_texts[primary], f"{verified_sets[primary]} (val)")
+        manifest = json.loads((config.output / "manifest.json").read_text())
     (config.output / "README.md").write_text(render_model_card(manifest))
     return config.output
+
+
+def _store_profile(folder: Path, texts: list[str], data: str) -> None:
+    """The drift reference profile of the exported int8 model on the primary task's
+    validation texts, stored in the manifest (what the stream worker compares live traffic to)."""
+    from sentistream.config import Settings
+    from sentistream.drift import build_reference_profile, store_reference_profile
+    from sentistream.runtime import load_onnx_classifier
+
+    classifier = load_onnx_classifier(folder, Settings())
+    profile = build_reference_profile(classifier, texts, data=data)
+    store_reference_profile(folder, profile)

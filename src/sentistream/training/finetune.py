@@ -1,10 +1,16 @@
-"""Fine-tune a pretrained encoder with a classification head on a labelled dataset.
+"""Fine-tune a pretrained encoder with one classification head per task, jointly.
 
-Short and linear: load data -> clean -> tokenize (fast Rust tokenizer, the same file the
-served model uses) -> length-bucketed batches with per-batch padding -> AdamW with linear
-warmup/decay, class-weighted cross-entropy, bf16 autocast -> evaluate on validation every
-``eval_every`` steps with the task's official metric -> keep the best weights, stop early when
-they stop improving -> write a checkpoint folder and return its path.
+Short and linear: load every task's data -> clean -> tokenize (the same fast tokenizer file the
+served model uses) -> each epoch draws a task-balanced sample (task ``i`` gets a share
+proportional to ``n_i ** alpha``: alpha=1 is proportional, 0 uniform) -> length-bucketed mixed
+batches with per-batch padding -> AdamW with linear warmup/decay, per-task class-weighted
+cross-entropy where each example contributes only to the heads of the tasks it has a label for
+(the others are masked) -> evaluate every task on validation every ``eval_every`` steps with its
+official metric -> keep the best weights (mean official score over tasks), stop early when they
+stop improving -> write a checkpoint folder.
+
+A run can resume: the optimizer, scheduler, RNG and position are saved under
+``<output>/resume/`` at every evaluation, and ``--resume`` continues from there.
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
@@ -26,41 +34,102 @@ from tqdm import tqdm
 from sentistream.metrics import classification_report
 from sentistream.text import CLEANING_VERSION, DEFAULT_MAX_CHARS, clean_or_empty
 from sentistream.training.backbone import DEFAULT_BACKBONE, backbone_info, load_backbone
-from sentistream.training.data import fingerprint, load_train_val
+from sentistream.training.data import LabelledSplit, fingerprint, load_train_val
 from sentistream.training.model import MultiTaskModel, save_checkpoint
 
-__all__ = ["FinetuneConfig", "finetune"]
+__all__ = [
+    "IGNORE",
+    "FinetuneConfig",
+    "TaskData",
+    "encode_texts",
+    "finetune",
+    "masked_multitask_loss",
+    "parse_task_specs",
+    "pick_device",
+    "predict_logits",
+    "task_sample_counts",
+]
+
+IGNORE = -100  # label of a task an example has no annotation for
 
 
 class FinetuneConfig(BaseModel):
     """Everything that determines a fine-tuning run (saved inside the checkpoint)."""
 
-    data: Path = Field(description="TweetEval task folder, or a CSV/TSV with text/label columns")
+    data: Path | None = Field(
+        None, description="TweetEval task folder, or a CSV/TSV with text/label columns"
+    )
     output: Path = Field(description="checkpoint folder to write")
-    task: str = Field("sentiment", description="task name (selects the official metric)")
+    task: str = Field("sentiment", description="task name for --data (selects the metric)")
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="NAME=PATH per task for a multi-task model (the first is the primary task)",
+    )
     base_model: str = Field(DEFAULT_BACKBONE, description="packaged backbone, folder or hub id")
     val_data: Path | None = Field(None, description="separate validation file for CSV/TSV data")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="hold-out share when no val split")
-    text_column: str = "text"
+    text_column: str = Field("text", description="CSV/TSV text column ('sentence' if absent)")
     label_column: str = "label"
+    label_names: list[str] | None = Field(
+        None, description="names for integer labels 0..n-1 of CSV/TSV data, e.g. negative,positive"
+    )
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = 0.01
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     max_length: int = Field(128, ge=8, le=512)
+    truncation: str = Field(
+        "head", pattern="^(head|head_tail)$", description="head, or head_tail for long texts"
+    )
     max_chars: int = Field(DEFAULT_MAX_CHARS, ge=16)
     dropout: float = Field(0.1, ge=0, lt=1)
     class_weighting: str = Field("balanced", pattern="^(balanced|sqrt|none)$")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    task_sampling_alpha: float = Field(
+        0.75, ge=0, le=1, description="task share per epoch ~ size**alpha (multi-task)"
+    )
     eval_every: int = Field(0, ge=0, description="steps between evaluations (0: twice per epoch)")
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
     seed: int = 42
     bf16: bool = Field(True, description="bf16 autocast (CPU and GPU)")
-    device: str = Field("auto", description="auto, cpu or cuda")
+    device: str = Field("auto", description="auto (GPU when present), cpu or cuda")
+    resume: bool = Field(False, description="continue from <output>/resume/ when present")
     max_train_examples: int | None = Field(None, description="subsample train (smoke tests)")
     max_val_examples: int | None = None
     threads: int | None = Field(None, description="torch CPU threads (default: all cores)")
+
+    def task_specs(self) -> list[tuple[str, Path]]:
+        if self.tasks:
+            return parse_task_specs(self.tasks)
+        if self.data is None:
+            raise ValueError("give --data (one task) or --tasks NAME=PATH ... (several)")
+        return [(self.task, self.data)]
+
+
+def parse_task_specs(specs: list[str]) -> list[tuple[str, Path]]:
+    """``["sentiment=data/sentiment", ...]`` -> ``[("sentiment", Path(...)), ...]``."""
+    out: list[tuple[str, Path]] = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"task spec {spec!r}: expected NAME=PATH")
+        if name in {n for n, _ in out}:
+            raise ValueError(f"task {name!r} given twice")
+        out.append((name.strip(), Path(path.strip())))
+    return out
+
+
+@dataclass
+class TaskData:
+    name: str
+    labels: list[str]
+    train_ids: list[list[int]]
+    train_y: list[int]
+    val_ids: list[list[int]]
+    val_y: list[int]
+    source: Path
+    val_sources: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _seed_everything(seed: int) -> None:
@@ -70,35 +139,68 @@ def _seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
-    return [enc.ids for enc in tokenizer.encode_batch(texts)]
-
-
-def _batches(
-    lengths: list[int], batch_size: int, rng: random.Random, shuffle: bool
+def encode_texts(
+    tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: str = "head"
 ) -> list[list[int]]:
-    """Length-bucketed batches: shuffle, sort within chunks of 50 batches, shuffle batches."""
-    order = list(range(len(lengths)))
-    if shuffle:
+    """Token ids; ``head_tail`` keeps the first quarter and the last three quarters of the
+    budget (the opening and the verdict of a long review), special tokens preserved."""
+    if truncation == "head":
+        tokenizer.enable_truncation(max_length=max_length)
+        return [enc.ids for enc in tokenizer.encode_batch(texts)]
+    from sentistream.text import head_tail_ids
+
+    tokenizer.no_truncation()
+    return [head_tail_ids(enc.ids, max_length) for enc in tokenizer.encode_batch(texts)]
+
+
+def task_sample_counts(sizes: list[int], alpha: float, total: int | None = None) -> list[int]:
+    """Examples drawn per task in one epoch: share ~ size**alpha, ``total`` = sum(sizes)."""
+    if not sizes or min(sizes) <= 0:
+        raise ValueError("every task needs training examples")
+    total = sum(sizes) if total is None else total
+    weights = np.asarray(sizes, dtype=np.float64) ** alpha
+    raw = weights / weights.sum() * total
+    counts = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - counts))[: total - int(counts.sum())]:
+        counts[i] += 1
+    return [max(1, int(c)) for c in counts]
+
+
+def _draw(n: int, k: int, rng: random.Random) -> list[int]:
+    """``k`` indices out of ``n``: whole shuffled passes, then a partial one (no repeats within
+    a pass)."""
+    out: list[int] = []
+    while len(out) < k:
+        order = list(range(n))
         rng.shuffle(order)
+        out.extend(order[: k - len(out)])
+    return out
+
+
+def _epoch_batches(
+    tasks: list[TaskData], counts: list[int], batch_size: int, seed: int, epoch: int
+) -> list[list[tuple[int, int]]]:
+    """One epoch of mixed batches of (task, example): length-bucketed, deterministic per
+    (seed, epoch) so a resumed run replays the same order."""
+    rng = random.Random(seed * 100_003 + epoch)
+    pool = [
+        (t, i) for t, task in enumerate(tasks) for i in _draw(len(task.train_ids), counts[t], rng)
+    ]
+    rng.shuffle(pool)
     chunk = batch_size * 50
-    batches: list[list[int]] = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+    batches: list[list[tuple[int, int]]] = []
+    for start in range(0, len(pool), chunk):
+        part = sorted(pool[start : start + chunk], key=lambda p: len(tasks[p[0]].train_ids[p[1]]))
         batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    if shuffle:
-        rng.shuffle(batches)
+    rng.shuffle(batches)
     return batches
 
 
-def _collate(
-    ids: list[list[int]], idx: list[int], device: torch.device
-) -> tuple[torch.Tensor, ...]:
-    width = max(len(ids[i]) for i in idx)
-    input_ids = np.zeros((len(idx), width), dtype=np.int64)
-    mask = np.zeros((len(idx), width), dtype=np.int64)
-    for row, i in enumerate(idx):
-        seq = ids[i]
+def collate(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    input_ids = np.zeros((len(seqs), width), dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for row, seq in enumerate(seqs):
         input_ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
     return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
@@ -116,6 +218,37 @@ def _class_weights(labels: list[int], n: int, mode: str) -> torch.Tensor:
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
+def masked_multitask_loss(
+    logits: tuple[torch.Tensor, ...],
+    labels: torch.Tensor,
+    class_weights: list[torch.Tensor | None],
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean over the batch of the cross-entropy of every (example, task) pair that has a label.
+
+    ``labels`` is ``[batch, n_tasks]`` with ``IGNORE`` where an example has no label for a task:
+    those pairs add nothing to the loss and send no gradient to that task's head.
+    """
+    total = logits[0].new_zeros((), dtype=torch.float32)
+    labelled = (labels != IGNORE).sum()
+    if int(labelled) == 0:
+        return total
+    for t, task_logits in enumerate(logits):
+        y = labels[:, t]
+        if not bool((y != IGNORE).any()):
+            continue
+        loss = nn.functional.cross_entropy(
+            task_logits.float(),
+            y,
+            weight=class_weights[t],
+            ignore_index=IGNORE,
+            reduction="sum",
+            label_smoothing=label_smoothing,
+        )
+        total = total + loss
+    return total / labelled.to(torch.float32)
+
+
 @torch.no_grad()
 def predict_logits(
     model: MultiTaskModel,
@@ -130,68 +263,252 @@ def predict_logits(
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        input_ids, mask = _collate(ids, idx, device)
+        input_ids, mask = collate([ids[i] for i in idx], device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(input_ids, mask)
         for t, out in enumerate(logits):
             outputs[t].append(out.float().cpu().numpy())
+    if not ids:
+        return [np.zeros((0, len(model.tasks[t])), dtype=np.float32) for t in model.task_names]
     inverse = np.argsort(np.asarray(order))
     return [np.concatenate(chunks)[inverse] for chunks in outputs]
 
 
-def _pick_device(name: str) -> torch.device:
+def pick_device(name: str) -> torch.device:
+    """``auto``: the GPU when torch sees one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
+def _subsample(split: LabelledSplit, k: int | None, rng: random.Random | None) -> LabelledSplit:
+    if not k or len(split.texts) <= k:
+        return split
+    keep = sorted(rng.sample(range(len(split.texts)), k)) if rng else list(range(k))
+    return LabelledSplit(
+        [split.texts[i] for i in keep],
+        [split.labels[i] for i in keep],
+        split.label_names,
+        split.source,
+    )
+
+
+def source_specs(path: Path) -> list[tuple[Path, int | None]]:
+    """``a.tsv,b.csv@5000`` -> [(a.tsv, None), (b.csv, 5000)]: several files make one task;
+    ``@N`` caps the training examples drawn from that file (seeded sample)."""
+    out: list[tuple[Path, int | None]] = []
+    for part in str(path).split(","):
+        file, _, cap = part.partition("@")
+        out.append((Path(file), int(cap) if cap else None))
+    return out
+
+
+def _load_sources(
+    config: FinetuneConfig, path: Path, single: bool, rng: random.Random
+) -> tuple[LabelledSplit, LabelledSplit, dict[str, tuple[int, int]]]:
+    """Train/val of one task from one or several sources; val ranges per source."""
+    trains, vals, ranges, start = [], [], {}, 0
+    for source, cap in source_specs(path):
+        train, val = load_train_val(
+            source,
+            val_path=config.val_data if single else None,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            text_column=config.text_column,
+            label_column=config.label_column,
+        )
+        train = _subsample(train, cap, rng)
+        trains.append(train)
+        vals.append(val)
+        ranges[str(source)] = (start, start + len(val.texts))
+        start += len(val.texts)
+    names = trains[0].label_names
+    for split in trains[1:] + vals:
+        if split.label_names != names:
+            raise ValueError(
+                f"{split.source}: labels {split.label_names} differ from {names} "
+                f"of {trains[0].source}"
+            )
+    if config.label_names is not None:
+        if len(config.label_names) != len(names):
+            raise ValueError(f"--label-names gives {len(config.label_names)} names for {names}")
+        names = list(config.label_names)
+
+    def join(parts: list[LabelledSplit], kind: str) -> LabelledSplit:
+        return LabelledSplit(
+            [t for p in parts for t in p.texts],
+            [y for p in parts for y in p.labels],
+            names,
+            f"{path}[{kind}]",
+        )
+
+    return join(trains, "train"), join(vals, "val"), ranges
+
+
+def load_tasks(config: FinetuneConfig, tokenizer: Tokenizer) -> list[TaskData]:
+    """Every task's train/val split, cleaned and tokenized."""
+    rng = random.Random(config.seed)
+    tasks: list[TaskData] = []
+    specs = config.task_specs()
+    for name, path in specs:
+        train, val, ranges = _load_sources(config, path, len(specs) == 1, rng)
+        train = _subsample(train, config.max_train_examples, rng)
+        if config.max_val_examples and len(ranges) == 1:
+            val = _subsample(val, config.max_val_examples, None)
+            ranges = {k: (0, len(val.texts)) for k in ranges}
+
+        def enc(texts: list[str]) -> list[list[int]]:
+            cleaned = [clean_or_empty(t, config.max_chars) for t in texts]
+            return encode_texts(tokenizer, cleaned, config.max_length, config.truncation)
+
+        tasks.append(
+            TaskData(
+                name,
+                train.label_names,
+                enc(train.texts),
+                train.labels,
+                enc(val.texts),
+                val.labels,
+                path,
+                ranges,
+            )
+        )
+    return tasks
+
+
+def evaluate_tasks(
+    model: MultiTaskModel, tasks: list[TaskData], device: torch.device, bf16: bool
+) -> dict[str, dict[str, Any]]:
+    """Official validation report per task (each task on its own validation texts)."""
+    reports: dict[str, dict[str, Any]] = {}
+    for t, task in enumerate(tasks):
+        logits = predict_logits(model, task.val_ids, device, bf16=bf16)[t]
+        reports[task.name] = classification_report(
+            task.val_y, logits.argmax(-1).tolist(), task.labels, task.name
+        )
+    return reports
+
+
+def _fingerprint(path: Path) -> str:
+    parts = [fingerprint(p) for p, _ in source_specs(path)]
+    return parts[0] if len(parts) == 1 else "+".join(parts)
+
+
+def evaluate_sources(
+    model: MultiTaskModel, tasks: list[TaskData], device: torch.device
+) -> dict[str, dict[str, Any]]:
+    """For tasks made of several sources: the official report on each source's validation."""
+    out: dict[str, dict[str, Any]] = {}
+    for t, task in enumerate(tasks):
+        if len(task.val_sources) < 2:
+            continue
+        logits = predict_logits(model, task.val_ids, device)[t]
+        for source, (a, b) in task.val_sources.items():
+            out[f"{task.name}:{source}"] = classification_report(
+                task.val_y[a:b], logits[a:b].argmax(-1).tolist(), task.labels, task.name
+            )
+    return out
+
+
+def _training_state(
+    model: MultiTaskModel, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Model, optimizer, scheduler and RNG state as safetensors tensors + JSON (no pickle)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {
+        "param_groups": opt["param_groups"],
+        "optim_scalars": scalars,
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+    }
+    return tensors, meta
+
+
+def _restore_training_state(
+    folder: Path,
+    model: MultiTaskModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+) -> None:
+    tensors = load_file(str(folder / "state.safetensors"))
+    meta = json.loads((folder / "state.json").read_text())
+    model.load_state_dict(
+        {k[len("model.") :]: v.to(device) for k, v in tensors.items() if k.startswith("model.")}
+    )
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value.to(device)
+    for idx, scalars in meta["optim_scalars"].items():
+        state.setdefault(int(idx), {}).update(scalars)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(
+        {**meta["scheduler"], "lr_lambdas": [None] * len(meta["param_groups"])}
+    )
+    torch.set_rng_state(tensors["rng.torch"])
+
+
+def _save_resume(
+    folder: Path,
+    model: MultiTaskModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    best_state: dict[str, torch.Tensor] | None,
+    progress: dict[str, Any],
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, meta = _training_state(model, optimizer, scheduler)
+    save_file(tensors, str(folder / "state.safetensors.tmp"))
+    (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
+    (folder / "state.json.tmp").write_text(json.dumps(meta))
+    (folder / "state.json.tmp").replace(folder / "state.json")
+    if best_state is not None:
+        save_file(best_state, str(folder / "best.safetensors.tmp"))
+        (folder / "best.safetensors.tmp").replace(folder / "best.safetensors")
+    (folder / "progress.json.tmp").write_text(json.dumps(progress, indent=1))
+    (folder / "progress.json.tmp").replace(folder / "progress.json")
+
+
 def finetune(config: FinetuneConfig) -> Path:
-    """Run one fine-tuning; returns the checkpoint folder (best validation weights)."""
+    """Run one (multi-task) fine-tuning; returns the checkpoint folder (best validation
+    weights)."""
     _seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = _pick_device(config.device)
-    train, val = load_train_val(
-        config.data,
-        val_path=config.val_data,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        text_column=config.text_column,
-        label_column=config.label_column,
-    )
-    rng = random.Random(config.seed)
-    if config.max_train_examples and len(train.texts) > config.max_train_examples:
-        keep = sorted(rng.sample(range(len(train.texts)), config.max_train_examples))
-        train = type(train)(
-            [train.texts[i] for i in keep],
-            [train.labels[i] for i in keep],
-            train.label_names,
-            train.source,
-        )
-    if config.max_val_examples and len(val.texts) > config.max_val_examples:
-        val = type(val)(
-            val.texts[: config.max_val_examples],
-            val.labels[: config.max_val_examples],
-            val.label_names,
-            val.source,
-        )
-    labels = train.label_names
+    device = pick_device(config.device)
     encoder, tokenizer, source = load_backbone(config.base_model)
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=config.max_length)
-
     t0 = time.perf_counter()
-    train_ids = _encode(tokenizer, [clean_or_empty(t, config.max_chars) for t in train.texts])
-    val_ids = _encode(tokenizer, [clean_or_empty(t, config.max_chars) for t in val.texts])
-    print(
-        f"tokenized {len(train_ids)} train / {len(val_ids)} val texts "
-        f"in {time.perf_counter() - t0:.1f}s on {device}",
-        flush=True,
-    )
+    tasks = load_tasks(config, tokenizer)
+    for task in tasks:
+        print(
+            f"{task.name}: {len(task.train_ids)} train / {len(task.val_ids)} val texts, "
+            f"labels {task.labels}",
+            flush=True,
+        )
+    print(f"tokenized in {time.perf_counter() - t0:.1f}s; training on {device}", flush=True)
 
-    model = MultiTaskModel(encoder, {config.task: labels}, dropout=config.dropout).to(device)
-    lengths = [len(x) for x in train_ids]
-    steps_per_epoch = math.ceil(len(train_ids) / config.batch_size)
+    model = MultiTaskModel(encoder, {t.name: t.labels for t in tasks}, dropout=config.dropout).to(
+        device
+    )
+    counts = task_sample_counts([len(t.train_ids) for t in tasks], config.task_sampling_alpha)
+    if len(tasks) > 1:
+        print(
+            "examples per epoch: "
+            + ", ".join(f"{t.name}={c}" for t, c in zip(tasks, counts, strict=True)),
+            flush=True,
+        )
+    steps_per_epoch = math.ceil(sum(counts) / config.batch_size)
     total_steps = max(1, int(steps_per_epoch * config.epochs))
     warmup = int(total_steps * config.warmup_ratio)
     eval_every = config.eval_every or max(1, steps_per_epoch // 2)
@@ -215,23 +532,50 @@ def finetune(config: FinetuneConfig) -> Path:
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    weights = _class_weights(train.labels, len(labels), config.class_weighting).to(device)
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-    y = torch.tensor(train.labels, dtype=torch.long)
+    weights: list[torch.Tensor | None] = [
+        _class_weights(t.train_y, len(t.labels), config.class_weighting).to(device) for t in tasks
+    ]
 
-    best_score, best_state, best_step, history = -1.0, None, 0, []
-    evals_without_gain, step, stop = 0, 0, False
-    progress = tqdm(total=total_steps, desc=f"train {config.task}", unit="step", mininterval=2.0)
-    epoch = 0
+    best_score, best_state, best_step = -1.0, None, 0
+    history: list[dict[str, Any]] = []
+    evals_without_gain, step, epoch, position, stop = 0, 0, 0, 0, False
+    resume_dir = config.output / "resume"
+    if config.resume and (resume_dir / "progress.json").exists():
+        _restore_training_state(resume_dir, model, optimizer, scheduler, device)
+        progress_state = json.loads((resume_dir / "progress.json").read_text())
+        step, epoch, position = (
+            progress_state["step"],
+            progress_state["epoch"],
+            progress_state["position"],
+        )
+        best_score, best_step = progress_state["best_score"], progress_state["best_step"]
+        history, evals_without_gain = (
+            progress_state["history"],
+            progress_state["evals_without_gain"],
+        )
+        if (resume_dir / "best.safetensors").exists():
+            best_state = load_file(str(resume_dir / "best.safetensors"))
+        print(f"resumed at step {step} (epoch {epoch}, batch {position})", flush=True)
+
+    name = "+".join(t.name for t in tasks)
+    progress = tqdm(
+        total=total_steps, initial=step, desc=f"train {name}", unit="step", mininterval=2.0
+    )
     while step < total_steps and not stop:
-        for idx in _batches(lengths, config.batch_size, rng, shuffle=True):
+        batches = _epoch_batches(tasks, counts, config.batch_size, config.seed, epoch)
+        while position < len(batches):
+            batch = batches[position]
+            position += 1
             model.train()
-            input_ids, mask = _collate(train_ids, idx, device)
+            input_ids, mask = collate([tasks[t].train_ids[i] for t, i in batch], device)
+            y = torch.full((len(batch), len(tasks)), IGNORE, dtype=torch.long)
+            for row, (t, i) in enumerate(batch):
+                y[row, t] = tasks[t].train_y[i]
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                (logits,) = model(input_ids, mask)
-            loss = loss_fn(logits.float(), y[idx].to(device))
+                logits = model(input_ids, mask)
+            loss = masked_multitask_loss(logits, y.to(device), weights, config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -239,69 +583,100 @@ def finetune(config: FinetuneConfig) -> Path:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}", best=f"{best_score:.4f}")
             if step % eval_every == 0 or step == total_steps:
-                (val_logits,) = predict_logits(model, val_ids, device, bf16=config.bf16)
-                report = classification_report(
-                    val.labels, val_logits.argmax(-1).tolist(), labels, config.task
-                )
-                score = report["official_score"]
+                reports = evaluate_tasks(model, tasks, device, config.bf16)
+                score = float(np.mean([r["official_score"] for r in reports.values()]))
                 history.append(
                     {
                         "step": step,
                         "epoch": round(step / steps_per_epoch, 3),
                         "val_official": score,
-                        "val_accuracy": report["accuracy"],
+                        **{f"val_{k}": round(r["official_score"], 5) for k, r in reports.items()},
                     }
                 )
                 tqdm.write(
-                    f"step {step} epoch {step / steps_per_epoch:.2f} "
-                    f"val {report['official_metric']}={score:.4f} acc={report['accuracy']:.4f}"
+                    f"step {step} epoch {step / steps_per_epoch:.2f} mean={score:.4f} "
+                    + " ".join(f"{k}={r['official_score']:.4f}" for k, r in reports.items())
                 )
                 if score > best_score:
                     best_score, best_step, evals_without_gain = score, step, 0
                     best_state = {
-                        k: v.detach().clone().cpu() for k, v in model.state_dict().items()
+                        k: v.detach().clone().cpu().contiguous()
+                        for k, v in model.state_dict().items()
                     }
                 else:
                     evals_without_gain += 1
                     if evals_without_gain >= config.patience:
                         tqdm.write(f"early stop: no gain in {config.patience} evaluations")
                         stop = True
+                _save_resume(
+                    resume_dir,
+                    model,
+                    optimizer,
+                    scheduler,
+                    best_state,
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "position": position,
+                        "best_score": best_score,
+                        "best_step": best_step,
+                        "history": history,
+                        "evals_without_gain": evals_without_gain,
+                    },
+                )
             if step >= total_steps or stop:
                 break
-        epoch += 1
+        if position >= len(batches):
+            epoch, position = epoch + 1, 0
     progress.close()
     assert best_state is not None
     model.load_state_dict(best_state)
     model.to("cpu")
-    (val_logits,) = predict_logits(model, val_ids, torch.device("cpu"), bf16=False)
-    final = classification_report(val.labels, val_logits.argmax(-1).tolist(), labels, config.task)
+    final = evaluate_tasks(model, tasks, torch.device("cpu"), bf16=False)
+    by_source = evaluate_sources(model, tasks, torch.device("cpu"))
+    primary = tasks[0].name
     meta = {
         "kind": "sentistream-checkpoint",
-        "task": config.task,
-        "primary_task": config.task,
+        "task": primary,
+        "primary_task": primary,
         "max_length": config.max_length,
+        "truncation": config.truncation,
         "max_chars": config.max_chars,
         "cleaning_version": CLEANING_VERSION,
         "dropout": config.dropout,
         "base_model": config.base_model,
         "base_model_source": source,
         "backbone": backbone_info(encoder),
-        "data": str(config.data),
-        "data_fingerprint": fingerprint(config.data),
-        "train_examples": len(train_ids),
-        "val_examples": len(val_ids),
+        "data": str(tasks[0].source),
+        "data_fingerprint": _fingerprint(tasks[0].source),
+        "task_data": {
+            t.name: {
+                "path": str(t.source),
+                "fingerprint": _fingerprint(t.source),
+                "train_examples": len(t.train_ids),
+                "val_examples": len(t.val_ids),
+            }
+            for t in tasks
+        },
+        "train_examples": sum(len(t.train_ids) for t in tasks),
+        "val_examples": sum(len(t.val_ids) for t in tasks),
+        "examples_per_epoch": {t.name: c for t, c in zip(tasks, counts, strict=True)},
         "training_config": json.loads(config.model_dump_json()),
         "best_step": best_step,
         "steps": step,
         "history": history,
-        "val_metrics": {config.task: final},
+        "val_metrics": final,
+        **({"val_metrics_by_source": by_source} if by_source else {}),
         "train_seconds": round(time.perf_counter() - t0, 1),
         "device": str(device),
     }
     out = save_checkpoint(model, tokenizer, config.output, meta)
     print(
-        f"best val {final['official_metric']}={final['official_score']:.4f} "
-        f"(step {best_step}); checkpoint -> {out}",
+        "best val "
+        + " ".join(
+            f"{k} {r['official_metric']}={r['official_score']:.4f}" for k, r in final.items()
+        )
+        + f" (step {best_step}); checkpoint -> {out}",
         flush=True,
     )
     return out

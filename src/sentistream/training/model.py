@@ -60,7 +60,8 @@ def save_checkpoint(
     save_file(state, str(folder / "model.safetensors"))
     (folder / "encoder_config.json").write_text(model.encoder.config.to_json_string())
     tokenizer.save(str(folder / "tokenizer.json"))
-    info = {"tasks": model.tasks, **meta}
+    # checkpoint.json is written with sorted keys: ``task_order`` keeps the head order.
+    info = {**meta, "tasks": model.tasks, "task_order": model.task_names}
     (folder / "checkpoint.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     return folder
 
@@ -79,7 +80,9 @@ def load_checkpoint(
     config = AutoConfig.from_pretrained(str(folder / "encoder_config.json"))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     encoder = AutoModel.from_config(config, **kwargs)  # type: ignore[no-untyped-call]
-    model = MultiTaskModel(encoder, meta["tasks"], dropout=float(meta.get("dropout", 0.1)))
+    order = meta.get("task_order") or list(meta["tasks"])
+    tasks = {name: meta["tasks"][name] for name in order}
+    model = MultiTaskModel(encoder, tasks, dropout=float(meta.get("dropout", 0.1)))
     state = load_file(str(folder / "model.safetensors"))
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state)

@@ -1,0 +1,350 @@
+"""Knowledge distillation: a smaller student learns the teacher's soft labels on every task.
+
+Teacher: one fine-tuned (multi-task) checkpoint, or several averaged as an ensemble (their
+probabilities are averaged). Transfer set: every task's labelled training texts plus unlabeled
+tweets (validation texts excluded). The teacher scores every text for every task once (cached in
+``<output>/teacher_logits.npz``); the student - the teacher's encoder with a subset of its
+layers, e.g. 3 of 6, initialised from those layers, plus the teacher's heads - then minimises
+
+    (1 - hard_weight) * T^2 * KL(teacher_T || student_T)  +  hard_weight * CE(gold)
+
+where ``_T`` is a softmax at temperature ``T`` and the gold term covers only texts that carry
+a label for that task (masked like multi-task fine-tuning). Validation, best-checkpoint
+selection and the checkpoint format are those of ``sentistream train``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from sentistream.training.data import fingerprint
+from sentistream.training.finetune import (
+    IGNORE,
+    TaskData,
+    collate,
+    evaluate_tasks,
+    masked_multitask_loss,
+    pick_device,
+    predict_logits,
+)
+from sentistream.training.model import MultiTaskModel, load_checkpoint, save_checkpoint
+from sentistream.training.unlabeled import load_unlabeled, validation_texts
+
+__all__ = ["DistillConfig", "distill", "distillation_loss", "shrink_encoder"]
+
+
+class DistillConfig(BaseModel):
+    """Everything that determines a distillation run (saved inside the checkpoint)."""
+
+    teachers: list[Path] = Field(description="teacher checkpoint folder(s); several = ensemble")
+    output: Path = Field(description="student checkpoint folder to write")
+    unlabeled: list[Path] = Field(default_factory=list, description="JSONL/text of extra tweets")
+    max_unlabeled: int | None = Field(40_000, description="sample of unlabeled texts to use")
+    layers: list[int] = Field(
+        default_factory=lambda: [0, 2, 4], description="teacher layers the student keeps"
+    )
+    temperature: float = Field(2.0, gt=0)
+    hard_weight: float = Field(0.2, ge=0, le=1, description="weight of the gold-label loss")
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = 0.01
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    eval_every: int = Field(0, ge=0)
+    patience: int = Field(4, ge=1)
+    seed: int = 42
+    bf16: bool = True
+    device: str = "auto"
+    threads: int | None = None
+    max_train_examples: int | None = Field(None, description="per task (smoke tests)")
+
+
+def shrink_encoder(encoder: Any, layers: list[int]) -> Any:
+    """A copy of a BERT-style encoder that keeps only ``layers`` (in that order)."""
+    n = int(encoder.config.num_hidden_layers)
+    if not layers or any(not 0 <= i < n for i in layers):
+        raise ValueError(f"layers must be indices in 0..{n - 1}, got {layers}")
+    student = copy.deepcopy(encoder)
+    blocks = student.encoder.layer
+    student.encoder.layer = torch.nn.ModuleList([blocks[i] for i in layers])
+    student.config.num_hidden_layers = len(layers)
+    return student
+
+
+def distillation_loss(
+    student: tuple[torch.Tensor, ...],
+    teacher_probs: list[torch.Tensor],
+    labels: torch.Tensor,
+    temperature: float,
+    hard_weight: float,
+) -> torch.Tensor:
+    """Soft (every task, every text) + hard (only labelled pairs) loss, see module doc."""
+    soft = student[0].new_zeros((), dtype=torch.float32)
+    for s_logits, t_probs in zip(student, teacher_probs, strict=True):
+        log_p = torch.log_softmax(s_logits.float() / temperature, dim=-1)
+        soft = soft + torch.nn.functional.kl_div(log_p, t_probs, reduction="batchmean")
+    soft = soft * temperature**2 / len(student)
+    if hard_weight == 0:
+        return soft
+    hard = masked_multitask_loss(student, labels, [None] * len(student))
+    return (1 - hard_weight) * soft + hard_weight * hard
+
+
+def _teacher_logits(
+    teachers: list[MultiTaskModel], ids: list[list[int]], device: torch.device, bf16: bool
+) -> list[np.ndarray[Any, Any]]:
+    """Ensemble logits: log of the mean of the teachers' probabilities."""
+    per_teacher = [
+        predict_logits(t.to(device), ids, device, batch_size=256, bf16=bf16) for t in teachers
+    ]
+    out = []
+    for k in range(len(per_teacher[0])):
+        probs = np.mean([_softmax(p[k]) for p in per_teacher], axis=0)
+        out.append(np.log(np.clip(probs, 1e-9, 1.0)).astype(np.float32))
+    return out
+
+
+def _window(losses: list[float]) -> int:
+    """Steps averaged for the start/end loss figures: 100, or a fifth of a short run."""
+    return max(1, min(100, len(losses) // 5))
+
+
+def _softmax(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def distill(config: DistillConfig) -> Path:
+    from sentistream.text import clean_or_empty
+    from sentistream.training.data import load_train_val
+    from sentistream.training.finetune import encode_texts
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    loaded = [load_checkpoint(path) for path in config.teachers]
+    teachers = [m for m, _, _ in loaded]
+    _, tokenizer, meta = loaded[0]
+    for m in teachers[1:]:
+        if m.tasks != teachers[0].tasks:
+            raise ValueError("ensemble teachers must have the same tasks and labels")
+    max_length, max_chars = int(meta["max_length"]), int(meta.get("max_chars", 1000))
+    truncation = str(meta.get("truncation", "head"))
+    tokenizer.no_padding()
+    task_paths = {
+        name: Path(info["path"]) for name, info in (meta.get("task_data") or {}).items()
+    } or {meta["primary_task"]: Path(meta["data"])}
+    names = teachers[0].task_names
+    t0 = time.perf_counter()
+
+    # Transfer set: labelled train texts of every task, then unlabeled tweets.
+    texts: list[str] = []
+    labels: list[list[int]] = []
+    index: dict[str, int] = {}
+    tasks: list[TaskData] = []
+    rng = random.Random(config.seed)
+    for k, name in enumerate(names):
+        train, val = load_train_val(
+            task_paths[name], seed=int(meta.get("training_config", {}).get("seed", 42))
+        )
+        keep = list(range(len(train.texts)))
+        if config.max_train_examples and len(keep) > config.max_train_examples:
+            keep = sorted(rng.sample(keep, config.max_train_examples))
+        for i in keep:
+            text = clean_or_empty(train.texts[i], max_chars)
+            row = index.get(text)
+            if row is None:
+                row = index[text] = len(texts)
+                texts.append(text)
+                labels.append([IGNORE] * len(names))
+            labels[row][k] = train.labels[i]
+        val_ids = encode_texts(
+            tokenizer, [clean_or_empty(t, max_chars) for t in val.texts], max_length, truncation
+        )
+        tasks.append(
+            TaskData(name, teachers[0].tasks[name], [], [], val_ids, val.labels, task_paths[name])
+        )
+    n_labelled = len(texts)
+    exclude = validation_texts(task_paths.values(), max_chars) | set(index)
+    extra = (
+        load_unlabeled(
+            config.unlabeled,
+            exclude=exclude,
+            max_chars=max_chars,
+            limit=config.max_unlabeled,
+            seed=config.seed,
+        )
+        if config.unlabeled
+        else []
+    )
+    texts.extend(extra)
+    labels.extend([[IGNORE] * len(names)] * len(extra))
+    ids = encode_texts(tokenizer, texts, max_length, truncation)
+    print(f"transfer set: {n_labelled} labelled + {len(extra)} unlabeled texts", flush=True)
+
+    cache = config.output / "teacher_logits.npz"
+    key = {"teachers": [str(p) for p in config.teachers], "n": len(texts)}
+    if cache.exists() and json.loads(str(np.load(cache)["key"])) == key:
+        with np.load(cache) as z:
+            t_logits = [z[f"logits_{n}"] for n in names]
+        print("teacher logits: cached", flush=True)
+    else:
+        ts = time.perf_counter()
+        t_logits = _teacher_logits(teachers, ids, device, config.bf16)
+        config.output.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, Any] = {"key": np.asarray(json.dumps(key))}
+        arrays.update({f"logits_{n}": v for n, v in zip(names, t_logits, strict=True)})
+        np.savez(cache, **arrays)
+        print(f"teacher logits for {len(ids)} texts in {time.perf_counter() - ts:.0f}s", flush=True)
+    teacher_reports = (
+        evaluate_tasks(teachers[0], tasks, device, bf16=False) if len(teachers) == 1 else {}
+    )
+
+    student = MultiTaskModel(
+        shrink_encoder(teachers[0].encoder, config.layers),
+        teachers[0].tasks,
+        dropout=float(meta.get("dropout", 0.1)),
+    )
+    student.heads.load_state_dict(teachers[0].heads.state_dict())
+    student.to(device)
+    del teachers, loaded
+
+    y = torch.tensor(labels, dtype=torch.long)
+    soft = [
+        torch.from_numpy(_softmax(lg / config.temperature).astype(np.float32)) for lg in t_logits
+    ]
+    steps_per_epoch = math.ceil(len(ids) / config.batch_size)
+    total_steps = max(1, int(steps_per_epoch * config.epochs))
+    warmup = int(total_steps * config.warmup_ratio)
+    eval_every = config.eval_every or max(1, steps_per_epoch // 2)
+    optimizer = torch.optim.AdamW(
+        student.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    lengths = [len(x) for x in ids]
+    best_score, best_state, best_step = -1.0, None, 0
+    history: list[dict[str, Any]] = []
+    losses: list[float] = []
+    evals_without_gain, step, epoch, stop = 0, 0, 0, False
+    progress = tqdm(total=total_steps, desc="distill", unit="step", mininterval=2.0)
+    while step < total_steps and not stop:
+        erng = random.Random(config.seed * 100_003 + epoch)
+        order = list(range(len(ids)))
+        erng.shuffle(order)
+        chunk = config.batch_size * 50
+        batches: list[list[int]] = []
+        for s in range(0, len(order), chunk):
+            part = sorted(order[s : s + chunk], key=lambda i: lengths[i])
+            batches.extend(
+                part[i : i + config.batch_size] for i in range(0, len(part), config.batch_size)
+            )
+        erng.shuffle(batches)
+        for idx in batches:
+            student.train()
+            input_ids, mask = collate([ids[i] for i in idx], device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                out = student(input_ids, mask)
+            loss = distillation_loss(
+                out,
+                [p[idx].to(device) for p in soft],
+                y[idx].to(device),
+                config.temperature,
+                config.hard_weight,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss.item()))
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}", best=f"{best_score:.4f}")
+            if step % eval_every == 0 or step == total_steps:
+                reports = evaluate_tasks(student, tasks, device, config.bf16)
+                score = float(np.mean([r["official_score"] for r in reports.values()]))
+                history.append(
+                    {
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 3),
+                        "val_official": score,
+                        "train_loss": round(float(np.mean(losses[-eval_every:])), 5),
+                        **{f"val_{k}": round(r["official_score"], 5) for k, r in reports.items()},
+                    }
+                )
+                tqdm.write(
+                    f"step {step} mean={score:.4f} "
+                    + " ".join(f"{k}={r['official_score']:.4f}" for k, r in reports.items())
+                )
+                if score > best_score:
+                    best_score, best_step, evals_without_gain = score, step, 0
+                    best_state = {
+                        k: v.detach().clone().cpu() for k, v in student.state_dict().items()
+                    }
+                else:
+                    evals_without_gain += 1
+                    if evals_without_gain >= config.patience:
+                        stop = True
+            if step >= total_steps or stop:
+                break
+        epoch += 1
+    progress.close()
+    assert best_state is not None
+    student.load_state_dict(best_state)
+    student.to("cpu")
+    final = evaluate_tasks(student, tasks, torch.device("cpu"), bf16=False)
+    out_meta = {
+        **{
+            k: v
+            for k, v in meta.items()
+            if k not in {"tasks", "history", "val_metrics", "training_config"}
+        },
+        "kind": "sentistream-checkpoint",
+        "distilled_from": [str(p) for p in config.teachers],
+        "teacher_val_metrics": teacher_reports,
+        "student_layers": config.layers,
+        "backbone": {**meta.get("backbone", {}), "num_hidden_layers": len(config.layers)},
+        "transfer_set": {
+            "labelled_texts": n_labelled,
+            "unlabeled_texts": len(extra),
+            "unlabeled_sources": {str(p): fingerprint(p) for p in config.unlabeled},
+        },
+        "training_config": json.loads(config.model_dump_json()),
+        "best_step": best_step,
+        "steps": step,
+        "history": history,
+        "loss_start": round(float(np.mean(losses[: _window(losses)])), 5),
+        "loss_end": round(float(np.mean(losses[-_window(losses) :])), 5),
+        "val_metrics": final,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "device": str(device),
+    }
+    folder = save_checkpoint(student, tokenizer, config.output, out_meta)
+    print(
+        "student val "
+        + " ".join(f"{k}={r['official_score']:.4f}" for k, r in final.items())
+        + f" -> {folder}",
+        flush=True,
+    )
+    return folder

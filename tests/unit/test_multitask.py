@@ -1,0 +1,473 @@
+"""Multi-task training, loss masking, resume, distillation and MLM adaptation on tiny models the
+test builds (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from sentistream.config import Settings  # noqa: E402
+from sentistream.runtime import load_classifier  # noqa: E402
+from sentistream.testing import tiny_tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+POS = ["love", "great", "happy", "best", "awesome", "amazing", "nice", "fun", "glad", "win"]
+NEG = ["hate", "bad", "worst", "awful", "terrible", "sad", "angry", "horrible", "sick", "fail"]
+NEU = ["day", "today", "game", "movie", "music", "food", "show", "team", "time", "people"]
+
+
+def _write_task(folder: Path, rows: dict[str, list[tuple[str, int]]], labels: list[str]) -> Path:
+    folder.mkdir(parents=True)
+    for split, data in rows.items():
+        (folder / f"{split}_text.txt").write_text("\n".join(t for t, _ in data) + "\n")
+        (folder / f"{split}_labels.txt").write_text("\n".join(str(y) for _, y in data) + "\n")
+    (folder / "mapping.txt").write_text("".join(f"{i}\t{n}\n" for i, n in enumerate(labels)))
+    return folder
+
+
+def _sent(words: list[str], rng: random.Random) -> str:
+    return " ".join(rng.choice(words) for _ in range(rng.randint(2, 5))) + " " + rng.choice(NEU)
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("backbone")
+    tok = tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """sentiment (3 labels, 150 train) and a smaller binary 'irony' task (labels: does the
+    text contain 'game'), with different texts: no text has both labels."""
+    root = tmp_path_factory.mktemp("tweeteval")
+    rng = random.Random(0)
+
+    def sentiment(n: int) -> list[tuple[str, int]]:
+        rows = [(_sent(NEG, rng), 0) for _ in range(n)] + [(_sent(POS, rng), 2) for _ in range(n)]
+        rows += [(" ".join(rng.choice(NEU) for _ in range(4)), 1) for _ in range(n)]
+        rng.shuffle(rows)
+        return rows
+
+    def irony(n: int) -> list[tuple[str, int]]:
+        rows = []
+        for _ in range(n):
+            words = [rng.choice(POS + NEG + NEU) for _ in range(4)]
+            flag = rng.random() < 0.5
+            if flag:
+                words[rng.randrange(4)] = "game"
+            else:
+                words = [w if w != "game" else "show" for w in words]
+            rows.append((" ".join(words), int(flag)))
+        return rows
+
+    return {
+        "sentiment": _write_task(
+            root / "sentiment",
+            {"train": sentiment(50), "val": sentiment(12)},
+            ["negative", "neutral", "positive"],
+        ),
+        "irony": _write_task(
+            root / "irony", {"train": irony(60), "val": irony(30)}, ["non_irony", "irony"]
+        ),
+    }
+
+
+def _config(two_tasks: dict[str, Path], backbone: Path, output: Path, **kw: object):  # type: ignore[no-untyped-def]
+    from sentistream.training.finetune import FinetuneConfig
+
+    base = dict(
+        tasks=[f"{name}={path}" for name, path in two_tasks.items()],
+        output=output,
+        base_model=str(backbone),
+        epochs=6,
+        batch_size=16,
+        lr=3e-3,
+        max_length=32,
+        eval_every=5,
+        patience=100,
+        seed=1,
+        threads=1,
+        bf16=False,
+    )
+    base.update(kw)
+    return FinetuneConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def multitask(
+    two_tasks: dict[str, Path], tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    from sentistream.training.finetune import finetune
+
+    return finetune(_config(two_tasks, tiny_backbone, tmp_path_factory.mktemp("mt") / "run"))
+
+
+def test_task_sample_counts() -> None:
+    from sentistream.training.finetune import task_sample_counts
+
+    sizes = [45_000, 3_000, 9_000]
+    assert task_sample_counts(sizes, 1.0) == sizes
+    uniform = task_sample_counts(sizes, 0.0)
+    assert sum(uniform) == sum(sizes) and max(uniform) - min(uniform) <= 1
+    mid = task_sample_counts(sizes, 0.5)
+    assert sum(mid) == sum(sizes)
+    assert mid[0] < sizes[0] and mid[1] > sizes[1]  # the big task gives up share
+    with pytest.raises(ValueError):
+        task_sample_counts([10, 0], 0.5)
+
+
+def test_masked_loss_ignores_missing_labels() -> None:
+    from sentistream.training.finetune import IGNORE, masked_multitask_loss
+
+    a = torch.randn(4, 3, requires_grad=True)
+    b = torch.randn(4, 2, requires_grad=True)
+    labels = torch.tensor([[0, IGNORE], [2, IGNORE], [IGNORE, 1], [1, IGNORE]])
+    loss = masked_multitask_loss((a, b), labels, [None, None])
+    loss.backward()
+    # Rows without a label for a task send that task's head no gradient.
+    assert torch.all(a.grad[2] == 0) and torch.all(b.grad[[0, 1, 3]] == 0)
+    assert torch.any(a.grad[0] != 0) and torch.any(b.grad[2] != 0)
+    ce = torch.nn.functional.cross_entropy
+    expected = (
+        ce(a[[0, 1, 3]], labels[[0, 1, 3], 0], reduction="sum")
+        + ce(b[[2]], labels[[2], 1], reduction="sum")
+    ) / 4
+    assert torch.isclose(loss, expected)
+    # Changing a masked label changes nothing.
+    other = labels.clone()
+    other[2, 0] = IGNORE
+    assert torch.isclose(masked_multitask_loss((a, b), other, [None, None]), loss)
+    none = torch.full((4, 2), IGNORE)
+    assert masked_multitask_loss((a, b), none, [None, None]).item() == 0.0
+
+
+def test_multitask_model_learns_every_task(multitask: Path) -> None:
+    meta = json.loads((multitask / "checkpoint.json").read_text())
+    assert meta["task_order"] == ["sentiment", "irony"]
+    assert meta["primary_task"] == "sentiment"
+    assert meta["val_metrics"]["sentiment"]["official_score"] >= 0.8
+    assert meta["val_metrics"]["irony"]["official_metric"] == "f1_irony"
+    assert meta["val_metrics"]["irony"]["official_score"] >= 0.8
+    assert set(meta["task_data"]) == {"sentiment", "irony"}
+    assert meta["history"][0]["val_sentiment"] is not None
+
+
+def test_multitask_export_one_pass_and_task_selection(
+    multitask: Path, two_tasks: dict[str, Path], tmp_path: Path
+) -> None:
+    import onnx
+
+    from sentistream.training.export import ExportConfig, export
+
+    folder = export(
+        ExportConfig(checkpoint=multitask, output=tmp_path / "toy" / "1", min_agreement=0.8)
+    )
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["logits_sentiment", "logits_irony"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["metrics"]["validation"]) == {"sentiment", "irony"}
+    for task in ("sentiment", "irony"):
+        cal = manifest["metrics"]["calibration"][task]
+        assert cal["ece_after"] <= cal["ece_before"] + 0.02
+        assert manifest["tasks"][task]["temperature"] == pytest.approx(cal["temperature"])
+
+    clf = load_classifier(Settings(model_repository=tmp_path, model="toy", intra_op_threads=1))
+    calls = []
+    forward = clf.backend.forward
+
+    def counting(*args: object) -> object:
+        calls.append(1)
+        return forward(*args)  # type: ignore[arg-type]
+
+    clf.backend.forward = counting  # type: ignore[method-assign]
+    (full,) = clf.classify(["i love this game"])
+    assert len(calls) == 1  # one encoder pass serves both tasks
+    assert full.label in {"negative", "neutral", "positive"}
+    assert set(full.tasks["sentiment"].scores) == {"negative", "neutral", "positive"}
+    assert set(full.tasks) == {"sentiment", "irony"}
+    record = full.to_dict()  # what REST answers and what result records carry
+    assert record["label"] == full.label and set(record["tasks"]) == {"irony"}
+    assert record["tasks"]["irony"]["label"] in {"irony", "non_irony"}
+
+    (only,) = clf.classify(["i love this game"], tasks=["irony"])
+    assert set(only.tasks) == {"irony"}
+
+
+def test_interrupted_run_resumes_to_the_same_weights(
+    two_tasks: dict[str, Path],
+    tiny_backbone: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from safetensors.torch import load_file
+
+    import sentistream.training.finetune as ft
+
+    kw = dict(epochs=2, eval_every=4)
+    straight = ft.finetune(_config(two_tasks, tiny_backbone, tmp_path / "a", **kw))
+
+    real = ft.evaluate_tasks
+    calls = []
+
+    def crash_on_third(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ft, "evaluate_tasks", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(_config(two_tasks, tiny_backbone, tmp_path / "b", **kw))
+    progress = json.loads((tmp_path / "b" / "resume" / "progress.json").read_text())
+    assert progress["step"] == 8  # state of the last completed evaluation
+    monkeypatch.setattr(ft, "evaluate_tasks", real)
+    resumed = ft.finetune(_config(two_tasks, tiny_backbone, tmp_path / "b", resume=True, **kw))
+
+    a, b = (
+        load_file(str(straight / "model.safetensors")),
+        load_file(str(resumed / "model.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    meta_a = json.loads((straight / "checkpoint.json").read_text())
+    meta_b = json.loads((resumed / "checkpoint.json").read_text())
+    assert meta_a["steps"] == meta_b["steps"] and meta_a["best_step"] == meta_b["best_step"]
+
+
+def test_distillation_student_learns_from_teacher(
+    multitask: Path, two_tasks: dict[str, Path], tmp_path: Path
+) -> None:
+    from sentistream.training.distill import DistillConfig, distill
+    from sentistream.training.model import load_checkpoint
+
+    unlabeled = tmp_path / "stream.jsonl"
+    rng = random.Random(5)
+    lines = [
+        json.dumps({"id": str(i), "text": _sent(rng.choice([POS, NEG, NEU]), rng)})
+        for i in range(80)
+    ]
+    unlabeled.write_text("\n".join(lines) + "\n")
+    out = distill(
+        DistillConfig(
+            teachers=[multitask],
+            output=tmp_path / "student",
+            unlabeled=[unlabeled],
+            layers=[0, 2],
+            epochs=4,
+            batch_size=16,
+            lr=3e-3,
+            eval_every=10,
+            threads=1,
+            bf16=False,
+        )
+    )
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["loss_end"] < meta["loss_start"]  # distillation reduces the loss
+    assert meta["transfer_set"]["unlabeled_texts"] > 0
+    assert meta["val_metrics"]["sentiment"]["official_score"] >= 0.7
+    student, _, _ = load_checkpoint(out)
+    teacher, _, _ = load_checkpoint(multitask)
+    assert len(student.encoder.encoder.layer) == 2 < len(teacher.encoder.encoder.layer)
+    assert student.task_names == teacher.task_names
+    # Re-running reuses the cached teacher logits.
+    assert (out / "teacher_logits.npz").exists()
+
+
+def test_distillation_loss_is_zero_when_student_matches_teacher() -> None:
+    from sentistream.training.distill import distillation_loss
+    from sentistream.training.finetune import IGNORE
+
+    logits = torch.randn(5, 3)
+    probs = torch.softmax(logits / 2.0, dim=-1)
+    labels = torch.full((5, 1), IGNORE)
+    assert distillation_loss((logits,), [probs], labels, 2.0, 0.0).item() == pytest.approx(
+        0, abs=1e-6
+    )
+    worse = distillation_loss((-logits,), [probs], labels, 2.0, 0.0).item()
+    assert worse > 0.01
+
+
+def test_mlm_adaptation_lowers_loss_and_yields_a_backbone(
+    tiny_backbone: Path, two_tasks: dict[str, Path], tmp_path: Path
+) -> None:
+    from sentistream.training.backbone import load_backbone
+    from sentistream.training.mlm import MlmConfig, pretrain_mlm
+
+    out = pretrain_mlm(
+        MlmConfig(
+            data=[two_tasks["sentiment"], two_tasks["irony"]],
+            exclude_val=[two_tasks["sentiment"]],
+            output=tmp_path / "adapted",
+            base_model=str(tiny_backbone),
+            steps=150,
+            head_steps=20,
+            batch_size=16,
+            lr=3e-3,
+            max_length=32,
+            threads=1,
+            bf16=False,
+        )
+    )
+    report = json.loads((out / "adaptation.json").read_text())
+    assert report["loss_end"] < report["loss_start"] - 0.2
+    encoder, tokenizer, _ = load_backbone(str(out))
+    assert encoder.config.num_hidden_layers == 4 and tokenizer.token_to_id("[MASK]") is not None
+
+
+def test_mask_tokens_never_masks_special_or_padding() -> None:
+    from sentistream.training.mlm import mask_tokens
+
+    ids = torch.tensor([[101, 5, 6, 7, 102, 0], [101, 8, 102, 0, 0, 0]])
+    mask = (ids != 0).long()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        masked, labels = mask_tokens(ids, mask, [101, 102, 0], 103, 200, 0.5, gen)
+        predicted = labels != -100
+        assert predicted.any()
+        assert not predicted[(ids == 101) | (ids == 102) | (ids == 0)].any()
+        assert torch.equal(labels[predicted], ids[predicted])
+        assert torch.equal(masked[~predicted], ids[~predicted])
+
+
+def test_head_tail_truncation_keeps_both_ends() -> None:
+    from sentistream.text import head_tail_ids
+
+    ids = [101, *range(1, 1001), 102]
+    out = head_tail_ids(ids, 10)
+    assert len(out) == 10 and out[0] == 101 and out[-1] == 102
+    assert out[1:3] == [1, 2] and out[3:9] == list(range(995, 1001))
+    assert head_tail_ids([101, 1, 2, 102], 10) == [101, 1, 2, 102]
+
+
+def test_temperature_scaling_fixes_overconfidence() -> None:
+    from sentistream.training.calibration import calibrate, expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    labels = rng.integers(0, 3, n)
+    clean = rng.normal(0, 1, (n, 3))
+    clean[np.arange(n), labels] += 1.5
+    overconfident = clean * 4.0  # right ranking, far too sharp
+    report = calibrate(overconfident, labels)
+    assert report["temperature"] > 2.0
+    assert report["ece_after"] < report["ece_before"] / 2
+    assert report["nll_after"] < report["nll_before"]
+    perfect = np.eye(3)[labels] * 0.9 + 0.1 / 3
+    top = 0.9 + 0.1 / 3  # every prediction right, stated with 93.3% confidence
+    assert expected_calibration_error(perfect, labels) == pytest.approx(1 - top, abs=1e-6)
+
+
+def test_eda_report_on_a_generated_dataset(two_tasks: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from sentistream.eda import eda
+
+    folder = two_tasks["sentiment"]
+    # An exact duplicate of a train text in val, an escape, a URL, an emoji and a mention.
+    train_text = (folder / "train_text.txt").read_text().splitlines()
+    extra = tmp_path / "data"
+    extra.mkdir()
+    for name in ("mapping.txt", "train_labels.txt", "val_labels.txt"):
+        (extra / name).write_text((folder / name).read_text())
+    val = (folder / "val_text.txt").read_text().splitlines()
+    val[0] = train_text[0]
+    val[1] = "love it \\u2019 http://x.co @bob 😂"
+    (extra / "val_text.txt").write_text("\n".join(val) + "\n")
+    (extra / "train_text.txt").write_text("\n".join(train_text) + "\n")
+
+    report = eda(extra, tmp_path / "out", name="toy")
+    for png in ("classes.png", "length_chars.png", "length_tokens.png", "surface.png"):
+        data = (tmp_path / "out" / png).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 2000
+    md = (tmp_path / "out" / "README.md").read_text()
+    assert md.startswith("# EDA: toy") and "![class proportions](classes.png)" in md
+    assert report["splits"]["train"]["n"] == 150 and report["splits"]["val"]["n"] == 36
+    assert report["splits"]["train"]["class_counts"] == {
+        "negative": 50,
+        "neutral": 50,
+        "positive": 50,
+    }
+    assert report["train_val_overlap"]["val_texts_in_train"] >= 1
+    surface = report["splits"]["val"]["surface"]
+    assert surface["url"] > 0 and surface["mention"] > 0 and surface["emoji"] > 0
+    assert surface["literal_escape"] > 0 and report["splits"]["train"]["surface"]["url"] == 0
+    assert report["splits"]["train"]["top_words"]["positive"][0][0] in POS + NEU
+    assert json.loads((tmp_path / "out" / "eda.json").read_text())["labels"][0] == "negative"
+
+
+def test_reviews_model_from_two_sources_with_head_tail(tiny_backbone: Path, tmp_path: Path) -> None:
+    """One binary task from a TSV (SST-2 layout) and a CSV (IMDB layout), a cap on one
+    source, integer labels named, long texts cut head+tail; export reports each source."""
+    import csv
+
+    from sentistream.training.export import ExportConfig, export
+    from sentistream.training.finetune import finetune
+
+    rng = random.Random(7)
+    short = tmp_path / "sst2.tsv"
+    with short.open("w", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t")
+        w.writerow(["sentence", "label"])
+        for _ in range(60):
+            w.writerow([_sent(POS, rng), 1])
+            w.writerow([_sent(NEG, rng), 0])
+    long = tmp_path / "imdb.csv"
+    with long.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "label", "text"])
+        for i in range(80):
+            y = i % 2
+            filler = " ".join(rng.choice(NEU) for _ in range(60))  # the verdict is at the end
+            w.writerow([i, y, f"{filler} {_sent(POS if y else NEG, rng)}"])
+    ck = finetune(
+        _config(
+            {},
+            tiny_backbone,
+            tmp_path / "ck",
+            tasks=[f"reviews={short},{long}@50"],
+            label_names=["negative", "positive"],
+            truncation="head_tail",
+            max_length=24,
+            epochs=8,
+        )
+    )
+    meta = json.loads((ck / "checkpoint.json").read_text())
+    assert meta["tasks"] == {"reviews": ["negative", "positive"]}
+    assert meta["task_data"]["reviews"]["train_examples"] == 108 + 50  # 90% of 120, cap 50
+    assert set(meta["val_metrics_by_source"]) == {f"reviews:{short}", f"reviews:{long}"}
+    assert meta["val_metrics"]["reviews"]["official_metric"] == "accuracy"
+    assert meta["val_metrics_by_source"][f"reviews:{long}"]["accuracy"] >= 0.75  # needs the tail
+
+    folder = export(
+        ExportConfig(checkpoint=ck, output=tmp_path / "repo" / "reviews" / "1", min_agreement=0.8)
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["truncation"] == "head_tail" and manifest["max_length"] == 24
+    validation = manifest["metrics"]["validation"]
+    assert {"reviews", f"reviews:{tmp_path.name}"} <= set(validation)
+    clf = load_classifier(Settings(model_repository=tmp_path / "repo", model="reviews"))
+    assert clf.truncation == "head_tail"
+    ids = clf.encode([" ".join(["day"] * 100) + " love"])[0]
+    assert len(ids) == 24 and clf.tokenizer.id_to_token(ids[-2]) == "love"
