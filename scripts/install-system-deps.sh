@@ -8,6 +8,7 @@ command -v make >/dev/null || packages+=(make)
 command -v redis-server >/dev/null || packages+=(redis-server)  # stream tests start their own
 command -v wrk >/dev/null || packages+=(wrk)                 # HTTP load generator (benchmarks)
 command -v openssl >/dev/null || packages+=(openssl)         # test certificates (TLS tests)
+command -v chromium >/dev/null || packages+=(chromium)       # dashboard browser tests (Playwright)
 
 if [ ${#packages[@]} -eq 0 ]; then
   echo "system packages: nothing to install"

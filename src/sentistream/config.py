@@ -217,6 +217,70 @@ class Settings(BaseSettings):
         "the dead-letter stream instead of being retried.",
     )
 
+    # -- dashboard, drift, prediction logging ------------------------------------------------------
+    dashboard: bool = Field(
+        True,
+        description="Serve the live dashboard at /dashboard (worker HTTP port and model server). "
+        "Like /metrics it is not behind the bearer token (a browser's EventSource cannot send "
+        "one): turn it off, or put it behind your ingress's auth, when posts are private.",
+    )
+    dashboard_stream: str = Field(
+        "",
+        description="Model server: the Redis Stream of result records its dashboard shows (needs "
+        "redis_url); empty: the server's own figures only. The worker always shows its "
+        "output_stream.",
+    )
+    dashboard_history: int = Field(
+        200, ge=0, le=5000, description="Newest records a dashboard gets when it (re)loads."
+    )
+    dashboard_max_clients: int = Field(
+        16,
+        ge=1,
+        description="Most open dashboard event streams per process (each holds a Redis "
+        "connection); one more is answered 503.",
+    )
+    drift_window: int = Field(
+        1000, ge=10, description="Live posts in the drift monitor's sliding window."
+    )
+    drift_psi_threshold: float = Field(
+        0.2,
+        gt=0,
+        description="PSI above which a feature counts as drifted (0.1: watch, 0.25: major "
+        "shift by the usual rule of thumb).",
+    )
+    drift_min_samples: int = Field(
+        200, ge=1, description="Posts in the window before the drift flag can be raised."
+    )
+    prediction_log: Literal["none", "mlflow"] = Field(
+        "none",
+        description="Where the worker logs sampled predictions: 'mlflow' (the [logging] extra) "
+        "or 'none'.",
+    )
+    prediction_log_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (default: MLflow's own, MLFLOW_TRACKING_URI).",
+    )
+    prediction_log_experiment: str = Field(
+        "sentistream-predictions", description="MLflow experiment of the prediction log."
+    )
+    prediction_log_sample_rate: float = Field(
+        0.1, ge=0, le=1, description="Share of predictions logged."
+    )
+    prediction_log_batch: int = Field(200, ge=1, description="Rows per prediction-log batch.")
+    prediction_log_queue: int = Field(
+        10_000,
+        ge=1,
+        description="Rows waiting for the prediction-log thread; beyond it rows are dropped "
+        "(and counted), never waited for.",
+    )
+    prediction_log_flush_seconds: float = Field(
+        10.0, gt=0, description="Longest wait before a partial prediction-log batch is sent."
+    )
+    prediction_log_raw_text: bool = Field(
+        False,
+        description="Log the post text itself; by default only its SHA-256 is logged.",
+    )
+
     @field_validator("auth_token", "redis_url", mode="before")
     @classmethod
     def _empty_secret_is_none(cls, value: Any) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,9 @@ from sentistream.errors import ModelLoadError
 __all__ = [
     "MANIFEST_FORMAT",
     "SUPPORTED_CLEANING_VERSIONS",
+    "FeatureProfile",
     "Manifest",
+    "ReferenceProfile",
     "TaskSpec",
     "TensorSpec",
     "file_sha256",
@@ -66,6 +69,50 @@ class Signature(BaseModel):
     outputs: list[TensorSpec]
 
 
+class FeatureProfile(BaseModel):
+    """One binned distribution of a reference profile: named ``bins`` (categorical) or
+    ``cuts`` (inner cut points of a numeric feature: ``len(cuts) + 1`` bins)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bins: list[str] | None = None
+    cuts: list[float] | None = None
+    proportions: list[float]
+
+    @model_validator(mode="after")
+    def _shape(self) -> FeatureProfile:
+        if (self.bins is None) == (self.cuts is None):
+            raise ValueError("a feature has either 'bins' or 'cuts'")
+        n = len(self.bins) if self.bins is not None else len(self.cuts or []) + 1
+        if len(self.proportions) != n:
+            raise ValueError(f"{len(self.proportions)} proportions for {n} bins")
+        if any(p < 0 for p in self.proportions) or abs(sum(self.proportions) - 1) > 1e-3:
+            raise ValueError("proportions must be non-negative and sum to 1")
+        if self.cuts is not None and any(a >= b for a, b in pairwise(self.cuts)):
+            raise ValueError("cuts must increase")
+        return self
+
+
+class ReferenceProfile(BaseModel):
+    """Distributions of the primary task's predictions and of the inputs on reference data
+    (see :mod:`sentistream.drift`); the stream worker measures drift against it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["sentistream-profile/1"] = "sentistream-profile/1"
+    task: str
+    n: int = Field(ge=1)
+    data: str | None = None
+    features: dict[str, FeatureProfile]
+    mean: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _has_labels(self) -> ReferenceProfile:
+        if "label" not in self.features or self.features["label"].bins is None:
+            raise ValueError("a reference profile needs the 'label' feature with its bins")
+        return self
+
+
 class Manifest(BaseModel):
     """``manifest.json`` of one model version."""
 
@@ -78,6 +125,9 @@ class Manifest(BaseModel):
     primary_task: str
     tasks: dict[str, TaskSpec]
     max_length: int = Field(ge=8, le=8192)
+    truncation: Literal["head", "head_tail"] = Field(
+        "head", description="head: keep the first max_length tokens; head_tail: head + tail"
+    )
     cleaning_version: str
     max_chars: int = Field(ge=1)
     signature: Signature
@@ -89,6 +139,9 @@ class Manifest(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="file name -> sha256:...")
     parent_version: str | None = None
     created_at: str
+    reference_profile: ReferenceProfile | None = Field(
+        None, description="reference distributions for drift monitoring (sentistream profile)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -106,6 +159,12 @@ class Manifest(BaseModel):
         for name in self.files:
             if "/" in name or name.startswith("."):
                 raise ValueError(f"file entry {name!r} must be a plain file name")
+        profile = self.reference_profile
+        if profile is not None:
+            if profile.task not in self.tasks:
+                raise ValueError(f"reference_profile.task {profile.task!r} is not one of the tasks")
+            if profile.features["label"].bins != self.tasks[profile.task].labels:
+                raise ValueError("reference_profile label bins differ from the task's labels")
         return self
 
 

@@ -68,6 +68,9 @@ class ServerMetrics:
             registry=r,
         )
         self.ready = Gauge("sentistream_ready", "1 when the server is ready.", registry=r)
+        self.dashboard_clients = Gauge(
+            "sentistream_dashboard_clients", "Open dashboard event streams.", registry=r
+        )
 
     def observe_batch(self, model: str, stats: BatchStats) -> None:
         self.texts.labels(model).inc(stats.texts)
@@ -75,6 +78,11 @@ class ServerMetrics:
         self.inference_seconds.labels(model).observe(stats.inference_seconds)
         self.batch_texts.labels(model).observe(stats.texts)
         self.batch_tokens.labels(model).observe(stats.tokens)
+
+    def total(self, sample: str) -> float:
+        """Sum of every sample named ``sample`` over all label values."""
+        families = self.registry.collect()
+        return sum(s.value for f in families for s in f.samples if s.name == sample)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ ONNX graph needs the ``onnx`` package (``[dev]`` or ``[train]`` extra).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ __all__ = [
     "TINY_WORDS",
     "RedisServer",
     "ServerProcess",
+    "TestCertificates",
     "free_port",
+    "make_test_certificates",
     "tiny_model_folder",
     "tiny_tokenizer",
 ]
@@ -296,22 +299,64 @@ class ServerProcess:
             self._log_path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class TestCertificates:
+    """PEM files of a throwaway CA and a server certificate it signed (for 127.0.0.1 and
+    localhost), made by :func:`make_test_certificates`."""
+
+    __test__ = False  # not a pytest test class
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_test_certificates(folder: Path) -> TestCertificates:
+    """A CA and a server certificate for 127.0.0.1/localhost, with the ``openssl`` CLI."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        raise RuntimeError("openssl is not installed (make install installs it)")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", "ca.key",
+        "-out", "ca.crt", "-subj", "/CN=sentistream test CA")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-out", "server.crt", "-extfile", "san.cnf")  # fmt: skip
+    return TestCertificates(folder / "ca.crt", folder / "server.crt", folder / "server.key")
+
+
 class RedisServer:
-    """A real ``redis-server`` (Debian package) on a free port, AOF on, in its own folder.
+    """A real ``redis-server`` (Debian package) on a free port, AOF on, in its own folder;
+    with ``tls``, only a TLS port (``rediss://``).
 
     ``kill()`` sends SIGKILL (no shutdown save), ``start()`` restarts it on the same port and
     AOF, so tests can show what survives a crash.
     """
 
-    def __init__(self, folder: Path, *, password: str | None = None) -> None:
+    def __init__(
+        self, folder: Path, *, password: str | None = None, tls: TestCertificates | None = None
+    ) -> None:
         self.folder = folder
         self.port = free_port()
         self.password = password
+        self.tls = tls
         self.proc: Any = None
 
     @property
     def url(self) -> str:
+        """``redis://``, or with ``tls`` ``rediss://...?ssl_ca_certs=<ca>`` (TLS only: the
+        plain port is off)."""
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
@@ -323,10 +368,25 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed (make install installs it)")
         self.folder.mkdir(parents=True, exist_ok=True)
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls.cert),
+                "--tls-key-file",
+                str(self.tls.key),
+                "--tls-ca-cert-file",
+                str(self.tls.ca),
+                "--tls-auth-clients",
+                "no",
+            ]
         cmd = [
             binary,
-            "--port",
-            str(self.port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -352,9 +412,14 @@ class RedisServer:
 
     def ping(self) -> bool:
         import socket
+        import ssl
 
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                s = raw
+                if self.tls is not None:
+                    context = ssl.create_default_context(cafile=str(self.tls.ca))
+                    s = context.wrap_socket(raw, server_hostname="127.0.0.1")
                 auth = (f"AUTH {self.password}\r\n" if self.password else "").encode()
                 s.sendall(auth + b"PING\r\n")
                 return b"PONG" in s.recv(100) or b"PONG" in s.recv(100)

@@ -474,6 +474,8 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
             ]
         }
 
+    if settings.dashboard:
+        _mount_dashboard(app, registry, metrics, settings)
     app.add_middleware(_LimitsAndMetrics, settings=settings, metrics=metrics, registry=registry)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -485,6 +487,48 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
             allow_headers=["*"],
         )
     return app
+
+
+def _mount_dashboard(
+    app: FastAPI, registry: ModelRegistry, metrics: ServerMetrics, settings: Settings
+) -> None:
+    """``/dashboard`` on the server: records of ``dashboard_stream`` when one is configured,
+    and the server's own figures (texts classified, inference latency, models served)."""
+    from sentistream.dashboard import RedisFeed, mount_dashboard
+
+    feed = None
+    if settings.dashboard_stream and settings.redis_url is not None:
+        from sentistream.stream.redis_io import connect
+
+        feed = RedisFeed(connect(settings.redis_url.get_secret_value()), settings.dashboard_stream)
+    started = time.time()
+
+    def stats() -> dict[str, Any]:
+        models = registry.models()
+        batches = metrics.total("sentistream_inference_seconds_count")
+        seconds = metrics.total("sentistream_inference_seconds_sum")
+        return {
+            "role": "server",
+            "model": {"name": models[0].name, "version": models[0].version} if models else {},
+            "models": [f"{m.name}:{m.version}" for m in models],
+            "primary_task": models[0].classifier.primary_task if models else "",
+            "ready": registry.ready,
+            "uptime_s": round(time.time() - started, 1),
+            "processed": int(metrics.total("sentistream_texts_total")),
+            "requests": int(metrics.total("sentistream_requests_total")),
+            "latency_ms": round(seconds / batches * 1000, 3) if batches else None,
+            "drift": None,
+        }
+
+    mount_dashboard(
+        app,
+        stats=stats,
+        feed=feed,
+        clients=metrics.dashboard_clients,
+        max_clients=settings.dashboard_max_clients,
+        history=settings.dashboard_history,
+        closing=lambda: registry.draining,
+    )
 
 
 class _AuthError(Exception):

@@ -3,12 +3,15 @@
 ``/metrics``: posts consumed, classified, written (new records), dead-lettered, batch sizes,
 per-stage latency (clean, inference, write) and, for a Redis source, the consumer group's lag.
 ``/healthz``: the process is alive. ``/readyz``: the model is loaded and the worker is running
-(false while draining). Served on ``--http-port`` (the dashboard will live on the same port).
+(false while draining). ``/dashboard``: the live page (see :mod:`sentistream.dashboard`), fed
+from the output stream. Drift gauges (PSI per feature, the flag) and prediction-log counters are
+exported when those are on. Served on ``--http-port``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
@@ -17,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from sentistream.config import Settings
+    from sentistream.dashboard import RedisFeed
     from sentistream.stream.worker import StreamWorker
 
 __all__ = ["WorkerMetrics", "worker_app"]
@@ -60,6 +65,35 @@ class WorkerMetrics:
             registry=r,
         )
         self.ready = Gauge("sentistream_worker_ready", "1 when the worker is running.", registry=r)
+        self.drift_psi = Gauge(
+            "sentistream_worker_drift_psi",
+            "Population stability index of a feature over the drift window vs the reference "
+            "profile.",
+            ["feature"],
+            registry=r,
+        )
+        self.drift_detected = Gauge(
+            "sentistream_worker_drift_detected",
+            "1 when a feature's PSI is above the threshold (with enough posts in the window).",
+            registry=r,
+        )
+        self.drift_samples = Gauge(
+            "sentistream_worker_drift_window_posts", "Posts in the drift window.", registry=r
+        )
+        self.dashboard_clients = Gauge(
+            "sentistream_worker_dashboard_clients", "Open dashboard event streams.", registry=r
+        )
+        self.prediction_log_sent = Counter(
+            "sentistream_worker_prediction_log_sent", "Predictions logged.", registry=r
+        )
+        self.prediction_log_dropped = Counter(
+            "sentistream_worker_prediction_log_dropped",
+            "Sampled predictions dropped (queue full or backend failing).",
+            registry=r,
+        )
+        self.prediction_log_errors = Counter(
+            "sentistream_worker_prediction_log_errors", "Failed prediction-log calls.", registry=r
+        )
 
     def observe_batch(
         self,
@@ -81,13 +115,52 @@ class WorkerMetrics:
         self.stage_seconds.labels("write").observe(write_s)
 
 
-def worker_app(worker: StreamWorker, metrics: WorkerMetrics) -> FastAPI:
+def worker_app(
+    worker: StreamWorker,
+    metrics: WorkerMetrics,
+    settings: Settings | None = None,
+    feed: RedisFeed | None = None,
+) -> FastAPI:
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
 
     from sentistream.stream.redis_io import RedisStreamSource
 
     app = FastAPI(title="sentistream worker", docs_url=None, redoc_url=None)
+    started = time.time()
+
+    def update_drift() -> dict[str, Any] | None:
+        if worker.drift is None:
+            return None
+        snap = worker.drift.snapshot()
+        for feature, value in snap["psi"].items():
+            metrics.drift_psi.labels(feature).set(value)
+        metrics.drift_detected.set(1 if snap["drifted"] else 0)
+        metrics.drift_samples.set(snap["samples"])
+        return snap
+
+    def stats() -> dict[str, Any]:
+        s = worker.stats
+        reg = metrics.registry
+        batches = reg.get_sample_value("sentistream_worker_batch_size_count") or 0.0
+        stage_total = sum(
+            reg.get_sample_value("sentistream_worker_stage_seconds_sum", {"stage": st}) or 0.0
+            for st in ("clean", "inference", "write")
+        )
+        return {
+            "role": "worker",
+            "model": {"name": worker.classifier.name, "version": worker.classifier.version},
+            "primary_task": worker.classifier.primary_task,
+            "running": worker.running and not worker.stopping,
+            "uptime_s": round(time.time() - started, 1),
+            "consumed": s.consumed,
+            "processed": s.processed,
+            "written": s.written,
+            "dead_lettered": s.dead_lettered,
+            "batches": s.batches,
+            "latency_ms": round(stage_total / batches * 1000, 3) if batches else None,
+            "drift": update_drift(),
+        }
 
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:
@@ -101,6 +174,7 @@ def worker_app(worker: StreamWorker, metrics: WorkerMetrics) -> FastAPI:
     @app.get("/metrics")
     async def prometheus() -> Response:
         metrics.ready.set(1 if worker.running and not worker.stopping else 0)
+        update_drift()
         source = worker.source
         if isinstance(source, RedisStreamSource):
             try:
@@ -114,4 +188,16 @@ def worker_app(worker: StreamWorker, metrics: WorkerMetrics) -> FastAPI:
                 log.debug("lag not available: %s", type(exc).__name__)
         return Response(generate_latest(metrics.registry), media_type=PROMETHEUS_CONTENT_TYPE)
 
+    if settings is None or settings.dashboard:
+        from sentistream.dashboard import mount_dashboard
+
+        mount_dashboard(
+            app,
+            stats=stats,
+            feed=feed,
+            clients=metrics.dashboard_clients,
+            max_clients=settings.dashboard_max_clients if settings else 16,
+            history=settings.dashboard_history if settings else 200,
+            closing=lambda: worker.stopping,
+        )
     return app

@@ -139,6 +139,7 @@ async def run_stream(
     from sentistream.stream.monitor import WorkerMetrics
 
     metrics = WorkerMetrics()
+    predlog = _prediction_logger(settings, metrics, classifier)
     worker = StreamWorker(
         source,
         classifier,
@@ -148,36 +149,109 @@ async def run_stream(
         dead_letter_stream=settings.dead_letter_stream if client else None,
         batch_size=settings.stream_batch_size,
         batch_delay_ms=settings.stream_batch_delay_ms,
+        drift=_drift_monitor(settings, classifier),
+        prediction_logger=predlog,
     )
     loop_ = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop_.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
-    http = _start_http(worker, metrics, settings) if settings.worker_http_port is not None else None
+    feed = None
+    if url and settings.dashboard and settings.worker_http_port is not None:
+        from sentistream.dashboard import RedisFeed
+
+        feed = RedisFeed(connect(url), settings.output_stream)
+    http = (
+        _start_http(worker, metrics, settings, feed)
+        if settings.worker_http_port is not None
+        else None
+    )
     try:
         return await worker.run()
     finally:
         if http is not None:
             http[0].should_exit = True
             await http[1]
+        if feed is not None:
+            await feed.close()
+        if predlog is not None and not await asyncio.to_thread(predlog.close, 5.0):
+            log.warning("prediction log: backend did not finish in 5 s; unsent rows dropped")
         for sink in sinks:
             await sink.close()
         if client is not None:
             await client.aclose()
 
 
-def _start_http(worker: Any, metrics: Any, settings: Settings) -> tuple[Any, Any]:
+def _drift_monitor(settings: Settings, classifier: Any) -> Any:
+    """A drift monitor over the reference profile of the model in use, if its manifest has one
+    (a local ONNX model, or a remote one whose name and version are in the local repository)."""
+    from sentistream.drift import DriftMonitor
+    from sentistream.manifest import load_manifest
+    from sentistream.repository import ModelRepository, parse_model_ref
+
+    if settings.backend != "onnx":
+        return None
+    try:
+        name, _ = parse_model_ref(settings.model)
+        ref = f"{name}:{classifier.version}" if classifier.version else settings.model
+        manifest = load_manifest(
+            ModelRepository(settings.model_repository).resolve(ref), verify_hashes=False
+        )
+    except Exception as exc:  # no local manifest for this model: no drift monitoring
+        log.info("drift monitoring off: %s", getattr(exc, "message", type(exc).__name__))
+        return None
+    profile = manifest.reference_profile
+    if profile is None or manifest.version != classifier.version:
+        log.info("drift monitoring off: %s has no reference profile", manifest.name)
+        return None
+    return DriftMonitor(
+        profile.model_dump(exclude_none=True),
+        window=settings.drift_window,
+        threshold=settings.drift_psi_threshold,
+        min_samples=settings.drift_min_samples,
+    )
+
+
+def _prediction_logger(settings: Settings, metrics: Any, classifier: Any) -> Any:
+    if settings.prediction_log == "none":
+        return None
+    import importlib.util
+
+    from sentistream.predlog import MlflowBackend, PredictionLogger
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise InvalidInputError(
+            "prediction_log=mlflow needs MLflow: pip install 'sentistream[logging]'"
+        )
+    run_name = f"{classifier.name}-{classifier.version}-{settings.consumer}"
+    return PredictionLogger(
+        lambda: MlflowBackend(
+            settings.prediction_log_uri, settings.prediction_log_experiment, run_name
+        ),
+        sample_rate=settings.prediction_log_sample_rate,
+        batch_size=settings.prediction_log_batch,
+        queue_size=settings.prediction_log_queue,
+        flush_seconds=settings.prediction_log_flush_seconds,
+        raw_text=settings.prediction_log_raw_text,
+        on_sent=metrics.prediction_log_sent.inc,
+        on_dropped=metrics.prediction_log_dropped.inc,
+        on_error=metrics.prediction_log_errors.inc,
+    )
+
+
+def _start_http(worker: Any, metrics: Any, settings: Settings, feed: Any = None) -> tuple[Any, Any]:
     import uvicorn
 
     from sentistream.server.app import QuietServer
     from sentistream.stream.monitor import worker_app
 
     config = uvicorn.Config(
-        worker_app(worker, metrics),
+        worker_app(worker, metrics, settings, feed),
         host=settings.host,
         port=settings.worker_http_port or 0,
         log_config=None,
         access_log=False,
         lifespan="off",
+        timeout_graceful_shutdown=3,  # dashboard streams end by themselves; never hang a drain
     )
     server = QuietServer(config)
     return server, asyncio.ensure_future(server.serve())

@@ -11,6 +11,10 @@
   atomic step (see ``redis_io``): at-least-once in, one record per post id out.
 - ``stop()`` (SIGTERM) drains: the source stops, queued posts are classified, written and
   acknowledged, then ``run`` returns.
+- Optional observers of each batch: a :class:`~sentistream.drift.DriftMonitor` (label mix,
+  length, unknown-token rate and confidence against the model's reference profile) and a
+  :class:`~sentistream.predlog.PredictionLogger` (sampled, queued, sent by its own thread);
+  neither can stop or slow the pipeline beyond a bounded, non-blocking hand-off.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentistream.drift import DriftMonitor, text_features
 from sentistream.errors import InvalidInputError
-from sentistream.runtime.base import Classifier
+from sentistream.predlog import PredictionLogger
+from sentistream.runtime.base import Classifier, Prediction
 from sentistream.schemas import result_record
 from sentistream.stream.base import Envelope, Source
 from sentistream.stream.monitor import WorkerMetrics
@@ -73,6 +79,8 @@ class StreamWorker:
         batch_delay_ms: float = 20.0,
         queue_size: int | None = None,
         metrics: WorkerMetrics | None = None,
+        drift: DriftMonitor | None = None,
+        prediction_logger: PredictionLogger | None = None,
     ) -> None:
         self.source = source
         self.classifier = classifier
@@ -86,6 +94,9 @@ class StreamWorker:
         self._stopping = False
         self.running = False
         self.metrics = metrics
+        self.drift = drift
+        self.prediction_logger = prediction_logger
+        self._text_features = text_features(classifier) if drift is not None else None
         self._reader_error: Exception | None = None
 
     @property
@@ -166,12 +177,10 @@ class StreamWorker:
             except InvalidInputError as exc:
                 bad.append(Envelope(env.post, env.raw, exc.message, env.ack_id, env.deliveries))
         t1 = time.perf_counter()
-        preds = (
-            await asyncio.to_thread(self.classifier.classify_clean, [c for _, c in good])
-            if good
-            else []
+        cleaned = [c for _, c in good]
+        preds, unk_rates, t2 = (
+            await asyncio.to_thread(self._infer, cleaned) if good else ([], None, t1)
         )
-        t2 = time.perf_counter()
         records = []
         for (env, _), pred in zip(good, preds, strict=True):
             assert env.post is not None
@@ -184,6 +193,15 @@ class StreamWorker:
                     latency_ms=(t2 - t0) * 1000,
                 )
             )
+        if self.drift is not None and preds:
+            self.drift.observe(
+                [p.label for p in preds],
+                [len(c) for c in cleaned],
+                [p.score for p in preds],
+                unk_rates,
+            )
+        if self.prediction_logger is not None:
+            self.prediction_logger.offer(records)
         await self._dead_letter(bad)
         written_before = self.stats.written
         await self._write(records, [env for env, _ in good])
@@ -200,6 +218,16 @@ class StreamWorker:
                 infer_s=t2 - t1,
                 write_s=t3 - t2,
             )
+
+    def _infer(self, cleaned: list[str]) -> tuple[list[Prediction], list[float] | None, float]:
+        """Classify (in a worker thread); the unknown-token rates for drift are measured after
+        the model's clock stops."""
+        preds = self.classifier.classify_clean(cleaned)
+        done = time.perf_counter()
+        unk = None
+        if self._text_features is not None:
+            unk = self._text_features.unk_rates(self.classifier.encode(cleaned))
+        return preds, unk, done
 
     async def _dead_letter(self, bad: list[Envelope]) -> None:
         if not bad:
