@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install system-deps venv test unit integration lint format docs bench bench-server bench-stream bench-overload soak audit proto serve train-sentiment export-sentiment eval-sentiment clean
+.PHONY: export-multitask export-student export-reviews train-single train-multitask adapt-tweets train-multitask-mlm train-single-mlm distill-student train-reviews eda
+.PHONY: install system-deps venv test unit integration lint format docs bench bench-quick bench-guard bench-classify bench-server bench-stream bench-overload soak audit proto serve train-sentiment export-sentiment eval-sentiment clean
 
 install: system-deps venv  ## everything: Debian packages, virtualenv, package with [train,dev] extras
 
@@ -37,7 +38,22 @@ format:
 docs:  ## regenerate the settings reference from the settings classes
 	$(BIN)/sentistream settings --markdown > docs/reference/settings.md
 
-bench:  ## throughput, cold start and RSS of the CLI; writes benchmarks/results/
+# The benchmark suite (docs/performance.md): every figure in one run.
+BENCH_MODEL ?= tweet-sentiment
+BENCH_CHECKPOINT ?= runs/multi-v2
+BENCH_MODELS ?=
+BENCH_ARGS = --data $(DATA) --model $(BENCH_MODEL) --checkpoint $(BENCH_CHECKPOINT) $(if $(BENCH_MODELS),--models $(BENCH_MODELS))
+
+bench:  ## the whole suite; writes benchmarks/results/<date>-<host>.{json,md} + PNG plots
+	$(BIN)/python benchmarks/suite.py $(BENCH_ARGS)
+
+bench-quick:  ## the suite with small runs (~3 min) to check the machinery; figures not for comparison
+	$(BIN)/python benchmarks/suite.py $(BENCH_ARGS) --quick
+
+bench-guard:  ## CI regression guard: core vs transformers pipeline ratio against benchmarks/baseline.json
+	$(BIN)/python benchmarks/guard.py
+
+bench-classify:  ## throughput, cold start and RSS of the CLI alone; writes benchmarks/results/
 	$(BIN)/python benchmarks/bench_classify.py --data $(DATA)/tweeteval/sentiment
 
 # --- the shipped model: exactly how models/tweet-sentiment/1 was produced --------------------
@@ -53,6 +69,58 @@ export-sentiment:
 
 eval-sentiment:
 	$(BIN)/sentistream evaluate $(DATA)/tweeteval/sentiment --split val --model tweet-sentiment:1 --output benchmarks/results/eval-tweet-sentiment-1.json
+
+.PHONY: profile-sentiment
+profile-sentiment:  ## the drift reference profile in the shipped manifest (validation tweets)
+	$(BIN)/sentistream profile $(SENTIMENT_MODEL) --data $(DATA)/tweeteval/sentiment --split val
+
+# --- v2 models (issue 3): each target is exactly the command that produced a shipped model -----
+# Run them in this order; every one resumes with the same command after an interruption.
+TE = $(DATA)/tweeteval
+TASKS = sentiment=$(TE)/sentiment emotion=$(TE)/emotion hate=$(TE)/hate irony=$(TE)/irony offensive=$(TE)/offensive
+TRAIN_COMMON = --epochs 3 --lr 5e-5 --batch-size 32 --max-length 128 --seed 42 --threads 2 --resume
+MULTI_COMMON = --epochs 2.5 --task-sampling-alpha 0.75 --lr 5e-5 --batch-size 32 --max-length 128 --eval-every 760 --seed 42 --threads 2 --resume
+TRAIN_MULTI = $(BIN)/sentistream train --tasks $(TASKS) --output runs/multi-v2 $(MULTI_COMMON)
+ADAPT = $(BIN)/sentistream adapt $(DATA)/stream/tweets.jsonl $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --exclude-val $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --output runs/mlm-tweets --steps 500 --head-steps 100 --batch-size 64 --lr 5e-5 --max-length 64 --seed 42 --threads 2
+TRAIN_MULTI_MLM = $(BIN)/sentistream train --tasks $(TASKS) --base-model runs/mlm-tweets --output runs/multi-mlm $(MULTI_COMMON)
+DISTILL = $(BIN)/sentistream distill runs/multi-v2 --output runs/student-v2 --unlabeled $(DATA)/stream/tweets.jsonl --max-unlabeled 20000 --layers 0,2,4 --epochs 1 --lr 1e-4 --batch-size 32 --seed 42 --threads 2
+TRAIN_REVIEWS = $(BIN)/sentistream train --tasks reviews=$(DATA)/sst2/train.tsv,$(DATA)/imdb/train.csv@4000 --label-names negative,positive --output runs/reviews-v1 --epochs 1.5 --lr 5e-5 --batch-size 32 --max-length 256 --truncation head_tail --seed 42 --threads 2 --resume
+
+train-single:  ## single-task baselines for the multi-task comparison (sentiment: train-sentiment)
+	for t in emotion irony hate offensive; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --output runs/single-$$t $(TRAIN_COMMON) || exit 1; done
+
+train-multitask:  ## one encoder, five TweetEval heads
+	$(TRAIN_MULTI)
+
+adapt-tweets:  ## domain adaptation: MLM on unlabeled tweets + training texts (validation excluded)
+	$(ADAPT)
+
+train-multitask-mlm:  ## the multi-task run again from the adapted encoder (full ablation; ~45 min)
+	$(TRAIN_MULTI_MLM)
+
+train-single-mlm:  ## single-task runs from the adapted encoder (the ablation that was run; ~15 min)
+	for t in irony emotion hate; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --base-model runs/mlm-tweets --output runs/single-mlm-$$t $(TRAIN_COMMON) || exit 1; done
+
+distill-student:  ## 3-layer student on the multi-task teacher's soft labels
+	$(DISTILL)
+
+train-reviews:  ## binary reviews model on SST-2 + IMDB (head+tail truncation)
+	$(TRAIN_REVIEWS)
+
+MODELS_DIR = src/sentistream/models
+export-multitask:  ## int8 export of the multi-task model (every task verified and calibrated)
+	$(BIN)/sentistream export runs/multi-v2 --output $(MODELS_DIR)/tweet-multitask/1 --name tweet-multitask --version 1 --verify-data $(TE)/sentiment --description "One encoder (all-MiniLM-L6-v2, 6 layers), five TweetEval heads: sentiment, emotion, hate, irony, offensive." --command-line "$(TRAIN_MULTI:$(BIN)/%=%)"
+
+export-student:  ## int8 export of the distilled 3-layer student
+	$(BIN)/sentistream export runs/student-v2 --output $(MODELS_DIR)/tweet-multitask-fast/1 --name tweet-multitask-fast --version 1 --verify-data $(TE)/sentiment --description "3-layer student distilled from tweet-multitask: the same five TweetEval tasks at about twice the speed." --command-line "$(TRAIN_MULTI:$(BIN)/%=%) && $(DISTILL:$(BIN)/%=%)"
+
+export-reviews:  ## int8 export of the reviews model (SST-2 + IMDB hold-outs verified)
+	$(BIN)/sentistream export runs/reviews-v1 --output $(MODELS_DIR)/reviews/1 --name reviews --version 1 --description "Binary review sentiment (negative/positive) for product and movie reviews: SST-2 + IMDB, head+tail truncation." --command-line "$(TRAIN_REVIEWS:$(BIN)/%=%)"
+
+eda:  ## EDA reports (Markdown + PNG) of every training set into docs/eda/
+	for t in sentiment emotion hate irony offensive; do $(BIN)/sentistream eda $(TE)/$$t --output docs/eda/tweeteval-$$t --name "TweetEval $$t" || exit 1; done
+	$(BIN)/sentistream eda $(DATA)/sst2/train.tsv --output docs/eda/sst2 --label-names negative,positive --name "SST-2 (train, 10% held out)"
+	$(BIN)/sentistream eda $(DATA)/imdb/train.csv --output docs/eda/imdb --max-length 256 --label-names negative,positive --name "IMDB (train, 10% held out)"
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist

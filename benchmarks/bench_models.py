@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_classify import RESULTS, machine, spread  # noqa: E402
+from bench_classify import RESULTS, machine, spread
 
-from sentistream.config import Settings  # noqa: E402
-from sentistream.repository import ModelRepository  # noqa: E402
-from sentistream.runtime import load_classifier  # noqa: E402
-from sentistream.training.data import load_split  # noqa: E402
+from sentistream.config import Settings
+from sentistream.repository import ModelRepository
+from sentistream.runtime import load_classifier
+from sentistream.training.data import load_split
 
 
 def main() -> int:

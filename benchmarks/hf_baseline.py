@@ -97,7 +97,7 @@ def load_pipeline(checkpoint: Path | None, threads: int = 2) -> tuple[Any, str]:
         model=model,
         tokenizer=tokenizer,
         top_k=None,
-        device=-1,
+        device=0 if torch.cuda.is_available() else -1,  # a GPU when present, like ours
         truncation=True,
         max_length=128,
     )

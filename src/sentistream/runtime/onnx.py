@@ -10,7 +10,15 @@ import onnxruntime as ort
 from sentistream.errors import ModelLoadError
 from sentistream.runtime.base import FloatArray, IdArray
 
-__all__ = ["OnnxBackend", "available_providers"]
+__all__ = ["GRAPH_OPTIMIZATION", "OnnxBackend", "available_providers"]
+
+# Names accepted for ``graph_optimization`` -> onnxruntime.GraphOptimizationLevel members.
+GRAPH_OPTIMIZATION = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 def available_providers(preferred: list[str] | None = None) -> list[str]:
@@ -37,16 +45,30 @@ class OnnxBackend:
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
         providers: list[str] | None = None,
+        graph_optimization: str = "all",
+        allow_spinning: bool = False,
+        parallel_execution: bool = False,
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = (
+            ort.ExecutionMode.ORT_PARALLEL
+            if parallel_execution
+            else ort.ExecutionMode.ORT_SEQUENTIAL
+        )
+        if graph_optimization not in GRAPH_OPTIMIZATION:
+            raise ValueError(f"graph_optimization must be one of {sorted(GRAPH_OPTIMIZATION)}")
+        options.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[graph_optimization]
+        )
         options.log_severity_level = 3
         # Threads spin-wait for the next batch by default; a stream worker idles between
-        # batches, so let them sleep instead of burning cores shared with other replicas.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # batches, so let them sleep instead of burning cores shared with other replicas
+        # (measured: docs/performance.md, tuning log).
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
+        )
         try:
             self.session = ort.InferenceSession(
                 str(model_path), sess_options=options, providers=available_providers(providers)
