@@ -22,6 +22,7 @@ from sentistream.training.card import render_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["sentiment", "emotion", "hate", "irony", "offensive"]
+EDA = "../../../../../docs/eda"  # from src/sentistream/models/<name>/<version>/README.md
 
 
 def _meta(path: Path) -> dict[str, Any] | None:
@@ -75,12 +76,13 @@ def build(runs: Path, v1: Path, default: Path, other: Path, bench: Path | None) 
             "multi_task_fp32": _score(multi, t),
             "multi_task_mlm_fp32": _score(mlm, t),
             "student_fp32": _score(student, t),
+            "single_task_mlm_fp32": _score(_meta(runs / f"single-mlm-{t}"), t),
             "teacher_int8": _int8(by_kind.get("teacher", {}), t),
             "student_int8": _int8(by_kind.get("student", {}), t),
         }
     if bench and bench.exists():
         out["speed"] = json.loads(bench.read_text())
-    if mlm is not None:
+    if mlm is not None or (runs / "mlm-tweets").exists():
         adaptation = runs / "mlm-tweets" / "adaptation.json"
         out["adaptation"] = json.loads(adaptation.read_text()) if adaptation.exists() else {}
     return out
@@ -107,8 +109,21 @@ def sections(r: dict[str, Any]) -> list[dict[str, str]]:
         "needs one (every head reads the same pooled encoding), so it serves all five tasks at",
         "the price of one single-task model (see the speed table below).",
     ]
-    out = [{"title": "Multi-task vs single-task", "markdown": "\n".join(multi)}]
-    if any(x["multi_task_mlm_fp32"] is not None for x in rows.values()):
+    eda = [
+        "Data reports (`make eda`: classes, lengths in characters and tokens, URLs/mentions/emoji/",
+        "escapes, duplicates and train/validation overlap, frequent words per class):",
+        "",
+    ]
+    eda += [
+        f"- TweetEval {t}: [docs/eda/tweeteval-{t}]({EDA}/tweeteval-{t}/README.md)" for t in TASKS
+    ]
+    out = [
+        {"title": "Data (EDA)", "markdown": "\n".join(eda)},
+        {"title": "Multi-task vs single-task", "markdown": "\n".join(multi)},
+    ]
+    multi_mlm = any(x["multi_task_mlm_fp32"] is not None for x in rows.values())
+    single_mlm = any(x["single_task_mlm_fp32"] is not None for x in rows.values())
+    if multi_mlm or single_mlm:
         ad = r.get("adaptation", {})
         mlm = [
             "Continued masked-language-model pretraining of the backbone on unlabeled tweets and",
@@ -116,14 +131,26 @@ def sections(r: dict[str, Any]) -> list[dict[str, str]]:
             f"{ad.get('config', {}).get('steps', 'n/a')} steps of "
             f"{ad.get('config', {}).get('batch_size', 'n/a')}; MLM loss "
             f"{ad.get('loss_start', 'n/a')} -> {ad.get('loss_end', 'n/a')}; `make adapt-tweets`),",
-            "then the same multi-task fine-tune (`make train-multitask-mlm`).",
+            "then the same fine-tune from the adapted encoder: "
+            + (
+                "the multi-task run (`make train-multitask-mlm`)."
+                if multi_mlm
+                else "single-task runs of the tasks it was run on (`make train-single-mlm`), "
+                "against the single-task baselines trained the same way."
+            ),
             "",
             "| task | original backbone | MLM-adapted backbone | change (points) |",
             "| --- | --- | --- | --- |",
         ]
+        key_a, key_b = (
+            ("multi_task_fp32", "multi_task_mlm_fp32")
+            if multi_mlm
+            else ("single_task_fp32", "single_task_mlm_fp32")
+        )
         for t, x in rows.items():
-            a, b = x["multi_task_fp32"], x["multi_task_mlm_fp32"]
-            mlm.append(f"| {t} | {_fmt(a)} | {_fmt(b)} | {_delta(a, b)} |")
+            a, b = x[key_a], x[key_b]
+            if b is not None:
+                mlm.append(f"| {t} | {_fmt(a)} | {_fmt(b)} | {_delta(a, b)} |")
         out.append({"title": "Domain adaptation (MLM on tweets)", "markdown": "\n".join(mlm)})
     if any(x["student_int8"] is not None for x in rows.values()):
         ts = [

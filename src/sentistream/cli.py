@@ -112,6 +112,11 @@ def _add_stream_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-maxlen", type=int)
     g.add_argument("--dedup-ttl-seconds", type=int)
     g.add_argument("--stream-batch-size", type=int)
+    g.add_argument(
+        "--stream-tasks",
+        type=lambda v: [x for x in v.split(",") if x],
+        help="comma-separated tasks in result records (default: all)",
+    )
     g.add_argument("--stream-batch-delay-ms", type=float)
     g.add_argument("--claim-idle-ms", type=int)
     g.add_argument("--max-deliveries", type=int)
@@ -563,6 +568,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-size", type=int, help="training texts steering quantization")
     p.add_argument("--max-fp32-nodes", type=int, help="most MatMuls kept fp32 for parity")
     p.add_argument("--command-line", help="the training command, recorded in the model card")
+    p.add_argument("--description", help="one-line model description for the card")
+    p.add_argument("--parent-version", help="the version this one replaces")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled split")

@@ -182,6 +182,11 @@ class Settings(BaseSettings):
         description="Window in which a replayed post id does not create a second result record.",
     )
     stream_batch_size: int = Field(64, ge=1, description="Most posts per micro-batch.")
+    stream_tasks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Tasks the worker puts in result records (comma-separated; empty: every "
+        "task of the model). The model computes all of them in one pass either way.",
+    )
     stream_batch_delay_ms: float = Field(
         20.0, ge=0, description="Longest wait to fill a micro-batch."
     )
@@ -289,7 +294,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("serve_models", "cors_origins", mode="before")
+    @field_validator("serve_models", "cors_origins", "stream_tasks", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

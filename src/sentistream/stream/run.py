@@ -151,6 +151,7 @@ async def run_stream(
         batch_delay_ms=settings.stream_batch_delay_ms,
         drift=_drift_monitor(settings, classifier),
         prediction_logger=predlog,
+        tasks=settings.stream_tasks or None,
     )
     loop_ = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

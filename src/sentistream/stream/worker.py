@@ -81,9 +81,12 @@ class StreamWorker:
         metrics: WorkerMetrics | None = None,
         drift: DriftMonitor | None = None,
         prediction_logger: PredictionLogger | None = None,
+        tasks: Sequence[str] | None = None,
     ) -> None:
         self.source = source
         self.classifier = classifier
+        # Validated now: an unknown task fails the start, not the first batch.
+        self.tasks = classifier.select_tasks(tasks) if tasks else None
         self.redis_sink = redis_sink
         self.sinks = list(sinks)
         self.dead_letter_stream = dead_letter_stream
@@ -222,7 +225,7 @@ class StreamWorker:
     def _infer(self, cleaned: list[str]) -> tuple[list[Prediction], list[float] | None, float]:
         """Classify (in a worker thread); the unknown-token rates for drift are measured after
         the model's clock stops."""
-        preds = self.classifier.classify_clean(cleaned)
+        preds = self.classifier.classify_clean(cleaned, self.tasks)
         done = time.perf_counter()
         unk = None
         if self._text_features is not None:
