@@ -185,7 +185,8 @@ class Settings(BaseSettings):
     stream_tasks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Tasks the worker puts in result records (comma-separated; empty: every "
-        "task of the model). The model computes all of them in one pass either way.",
+        "task of the model; the primary task is always kept). The model computes all of them "
+        "in one pass either way.",
     )
     stream_batch_delay_ms: float = Field(
         20.0, ge=0, description="Longest wait to fill a micro-batch."

@@ -85,8 +85,13 @@ class StreamWorker:
     ) -> None:
         self.source = source
         self.classifier = classifier
-        # Validated now: an unknown task fails the start, not the first batch.
-        self.tasks = classifier.select_tasks(tasks) if tasks else None
+        # Validated now: an unknown task fails the start, not the first batch. The primary
+        # task is always kept: a result record's label/score/scores are the primary task's.
+        wanted = [
+            classifier.primary_task,
+            *(t for t in tasks or () if t != classifier.primary_task),
+        ]
+        self.tasks = classifier.select_tasks(wanted) if tasks else None
         self.redis_sink = redis_sink
         self.sinks = list(sinks)
         self.dead_letter_stream = dead_letter_stream
