@@ -569,6 +569,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-fp32-nodes", type=int, help="most MatMuls kept fp32 for parity")
     p.add_argument("--command-line", help="the training command, recorded in the model card")
     p.add_argument("--description", help="one-line model description for the card")
+    p.add_argument("--max-length", type=int, help="serving token budget (default: training's)")
     p.add_argument("--parent-version", help="the version this one replaces")
     p.set_defaults(func=_cmd_export)
 

@@ -202,8 +202,8 @@ def render_model_card(m: dict[str, Any]) -> str:
             "## Intended use and limitations",
             "",
             "- English product/movie reviews, a sentence (SST-2) to several paragraphs (IMDB).",
-            f"  Long texts keep their head and tail ({m.get('truncation')} truncation to "
-            f"{m['max_length']} tokens).",
+            f"  Texts are capped at {m['max_chars']} characters (head kept) by cleaning, then at "
+            f"{m['max_length']} tokens ({m.get('truncation')} truncation).",
             "- Binary: there is no neutral class; mixed or off-topic texts still get one of the",
             "  two labels, so look at the score.",
             "- SST-2 validation here is a hold-out of SST-2 *train* phrases, which share sentences",

@@ -54,6 +54,13 @@ class ExportConfig(BaseModel):
     verify_all_tasks: bool = Field(
         True, description="also verify the other tasks on the data they were trained on"
     )
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        le=512,
+        description="serving token budget (default: the training one); a longer budget lets "
+        "long texts show more of themselves than training did - verification measures it",
+    )
     calibrate: bool = Field(True, description="fit a softmax temperature per verified task")
     profile: bool = Field(
         True, description="store the drift reference profile (primary task's validation texts)"
@@ -196,7 +203,7 @@ def export(config: ExportConfig) -> Path:
     version = config.version or config.output.name
     if config.output.name != version:
         raise ValueError(f"output folder {config.output} must be named after version {version}")
-    max_length = int(meta["max_length"])
+    max_length = int(config.max_length or meta["max_length"])
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_length)
     task_names = model.task_names
