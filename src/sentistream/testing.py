@@ -443,3 +443,24 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def tiny_backbone_folder(folder: Path, layers: int = 2, seed: int = 0) -> Path:
+    """A random-weight BERT encoder folder (config.json + safetensors + tokenizer.json) usable
+    as ``--base-model``: for training tests (needs the ``[train]`` extra)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tok = tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from sentistream.config import Settings  # noqa: E402
 from sentistream.runtime import load_classifier  # noqa: E402
-from sentistream.testing import tiny_tokenizer  # noqa: E402
+from sentistream.testing import tiny_backbone_folder  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -39,22 +39,7 @@ def _sent(words: list[str], rng: random.Random) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("backbone")
-    tok = tiny_tokenizer()
-    config = BertConfig(
-        vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder, safe_serialization=True)
-    tok.save(str(folder / "tokenizer.json"))
-    return folder
+    return tiny_backbone_folder(tmp_path_factory.mktemp("backbone"), layers=4)
 
 
 @pytest.fixture(scope="module")

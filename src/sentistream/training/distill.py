@@ -32,11 +32,13 @@ from sentistream.training.data import fingerprint
 from sentistream.training.finetune import (
     IGNORE,
     TaskData,
+    bucketed_batches,
     collate,
     evaluate_tasks,
     masked_multitask_loss,
     pick_device,
     predict_logits,
+    warmup_linear_decay,
 )
 from sentistream.training.model import MultiTaskModel, load_checkpoint, save_checkpoint
 from sentistream.training.unlabeled import load_unlabeled, validation_texts
@@ -236,12 +238,7 @@ def distill(config: DistillConfig) -> Path:
         student.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_linear_decay(optimizer, total_steps, warmup)
     lengths = [len(x) for x in ids]
     best_score, best_state, best_step = -1.0, None, 0
     history: list[dict[str, Any]] = []
@@ -252,14 +249,7 @@ def distill(config: DistillConfig) -> Path:
         erng = random.Random(config.seed * 100_003 + epoch)
         order = list(range(len(ids)))
         erng.shuffle(order)
-        chunk = config.batch_size * 50
-        batches: list[list[int]] = []
-        for s in range(0, len(order), chunk):
-            part = sorted(order[s : s + chunk], key=lambda i: lengths[i])
-            batches.extend(
-                part[i : i + config.batch_size] for i in range(0, len(part), config.batch_size)
-            )
-        erng.shuffle(batches)
+        batches = bucketed_batches(order, lambda i: lengths[i], config.batch_size, erng)
         for idx in batches:
             student.train()
             input_ids, mask = collate([ids[i] for i in idx], device)

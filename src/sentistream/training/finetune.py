@@ -19,9 +19,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ __all__ = [
     "IGNORE",
     "FinetuneConfig",
     "TaskData",
+    "bucketed_batches",
     "encode_texts",
     "finetune",
     "masked_multitask_loss",
@@ -48,7 +50,10 @@ __all__ = [
     "pick_device",
     "predict_logits",
     "task_sample_counts",
+    "warmup_linear_decay",
 ]
+
+T = TypeVar("T")
 
 IGNORE = -100  # label of a task an example has no annotation for
 
@@ -177,6 +182,31 @@ def _draw(n: int, k: int, rng: random.Random) -> list[int]:
     return out
 
 
+def bucketed_batches(
+    items: list[T], length: Callable[[T], int], batch_size: int, rng: random.Random
+) -> list[list[T]]:
+    """Length-bucketed batches of already shuffled ``items``: sort within chunks of 50 batches
+    (little padding), cut, then shuffle the batches (no length order across the epoch)."""
+    chunk = batch_size * 50
+    batches: list[list[T]] = []
+    for start in range(0, len(items), chunk):
+        part = sorted(items[start : start + chunk], key=length)
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def warmup_linear_decay(optimizer: torch.optim.Optimizer, total_steps: int, warmup: int) -> Any:
+    """The learning-rate schedule of every trainer here: linear warmup, then linear decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _epoch_batches(
     tasks: list[TaskData], counts: list[int], batch_size: int, seed: int, epoch: int
 ) -> list[list[tuple[int, int]]]:
@@ -187,13 +217,7 @@ def _epoch_batches(
         (t, i) for t, task in enumerate(tasks) for i in _draw(len(task.train_ids), counts[t], rng)
     ]
     rng.shuffle(pool)
-    chunk = batch_size * 50
-    batches: list[list[tuple[int, int]]] = []
-    for start in range(0, len(pool), chunk):
-        part = sorted(pool[start : start + chunk], key=lambda p: len(tasks[p[0]].train_ids[p[1]]))
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
-    rng.shuffle(batches)
-    return batches
+    return bucketed_batches(pool, lambda p: len(tasks[p[0]].train_ids[p[1]]), batch_size, rng)
 
 
 def collate(seqs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,17 +400,30 @@ def load_tasks(config: FinetuneConfig, tokenizer: Tokenizer) -> list[TaskData]:
     return tasks
 
 
+def val_logits(
+    model: MultiTaskModel, tasks: list[TaskData], device: torch.device, bf16: bool = False
+) -> list[np.ndarray[Any, Any]]:
+    """Each task's logits on its own validation texts (one pass per task's texts)."""
+    return [
+        predict_logits(model, task.val_ids, device, bf16=bf16)[t] for t, task in enumerate(tasks)
+    ]
+
+
 def evaluate_tasks(
-    model: MultiTaskModel, tasks: list[TaskData], device: torch.device, bf16: bool
+    model: MultiTaskModel,
+    tasks: list[TaskData],
+    device: torch.device,
+    bf16: bool,
+    logits: list[np.ndarray[Any, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Official validation report per task (each task on its own validation texts)."""
-    reports: dict[str, dict[str, Any]] = {}
-    for t, task in enumerate(tasks):
-        logits = predict_logits(model, task.val_ids, device, bf16=bf16)[t]
-        reports[task.name] = classification_report(
-            task.val_y, logits.argmax(-1).tolist(), task.labels, task.name
+    logits = logits if logits is not None else val_logits(model, tasks, device, bf16)
+    return {
+        task.name: classification_report(
+            task.val_y, logits[t].argmax(-1).tolist(), task.labels, task.name
         )
-    return reports
+        for t, task in enumerate(tasks)
+    }
 
 
 def _fingerprint(path: Path) -> str:
@@ -395,17 +432,17 @@ def _fingerprint(path: Path) -> str:
 
 
 def evaluate_sources(
-    model: MultiTaskModel, tasks: list[TaskData], device: torch.device
+    tasks: list[TaskData], logits: list[np.ndarray[Any, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """For tasks made of several sources: the official report on each source's validation."""
+    """For tasks made of several sources: the official report on each source's validation,
+    from the logits already computed for the whole validation split."""
     out: dict[str, dict[str, Any]] = {}
     for t, task in enumerate(tasks):
         if len(task.val_sources) < 2:
             continue
-        logits = predict_logits(model, task.val_ids, device)[t]
         for source, (a, b) in task.val_sources.items():
             out[f"{task.name}:{source}"] = classification_report(
-                task.val_y[a:b], logits[a:b].argmax(-1).tolist(), task.labels, task.name
+                task.val_y[a:b], logits[t][a:b].argmax(-1).tolist(), task.labels, task.name
             )
     return out
 
@@ -526,12 +563,7 @@ def finetune(config: FinetuneConfig) -> Path:
     ]
     optimizer = torch.optim.AdamW(params, lr=config.lr)
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_linear_decay(optimizer, total_steps, warmup)
     weights: list[torch.Tensor | None] = [
         _class_weights(t.train_y, len(t.labels), config.class_weighting).to(device) for t in tasks
     ]
@@ -632,8 +664,9 @@ def finetune(config: FinetuneConfig) -> Path:
     assert best_state is not None
     model.load_state_dict(best_state)
     model.to("cpu")
-    final = evaluate_tasks(model, tasks, torch.device("cpu"), bf16=False)
-    by_source = evaluate_sources(model, tasks, torch.device("cpu"))
+    logits = val_logits(model, tasks, torch.device("cpu"))  # once, for both reports
+    final = evaluate_tasks(model, tasks, torch.device("cpu"), bf16=False, logits=logits)
+    by_source = evaluate_sources(tasks, logits)
     primary = tasks[0].name
     meta = {
         "kind": "sentistream-checkpoint",

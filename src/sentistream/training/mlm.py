@@ -24,7 +24,7 @@ from tqdm import tqdm
 from sentistream.text import DEFAULT_MAX_CHARS
 from sentistream.training.backbone import DEFAULT_BACKBONE, resolve_backbone
 from sentistream.training.data import fingerprint
-from sentistream.training.finetune import collate, pick_device
+from sentistream.training.finetune import collate, pick_device, warmup_linear_decay
 from sentistream.training.unlabeled import load_unlabeled, validation_texts
 
 __all__ = ["MlmConfig", "mask_tokens", "pretrain_mlm"]
@@ -150,12 +150,7 @@ def pretrain_mlm(config: MlmConfig) -> Path:
     )
     warmup = int(config.steps * config.warmup_ratio)
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (config.steps - step) / max(1, config.steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_linear_decay(optimizer, config.steps, warmup)
     rng = random.Random(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     vocab = int(model.config.vocab_size)
