@@ -458,6 +458,13 @@ def _parser() -> argparse.ArgumentParser:
         help="several tasks trained jointly, one head each; the first is the primary task",
     )
     p.add_argument("--task-sampling-alpha", type=float, help="task share ~ size**alpha")
+    p.add_argument(
+        "--teachers",
+        nargs="+",
+        metavar="TASK=FOLDER",
+        help="single-task teacher per task (checkpoint or model folder): soft targets, "
+        "annealed to the gold labels over training",
+    )
     p.add_argument("--truncation", choices=["head", "head_tail"])
     p.add_argument(
         "--label-names",
@@ -488,7 +495,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int)
     p.add_argument("--patience", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--no-bf16", dest="bf16", action="store_const", const=False, default=None)
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: only where the hardware has native bf16)",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-train-examples", type=int)
     p.add_argument("--max-val-examples", type=int)
@@ -528,6 +540,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: only where the hardware has native bf16)",
+    )
     p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser(
@@ -554,6 +572,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int)
     p.add_argument("--max-train-examples", type=int)
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: only where the hardware has native bf16)",
+    )
     p.set_defaults(func=_cmd_distill)
 
     p = sub.add_parser("export", help="checkpoint -> ONNX fp32 -> int8 model folder, verified")

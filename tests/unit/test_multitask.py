@@ -148,6 +148,77 @@ def test_masked_loss_ignores_missing_labels() -> None:
     assert masked_multitask_loss((a, b), none, [None, None]).item() == 0.0
 
 
+def test_soft_targets_replace_gold_only_for_taught_tasks() -> None:
+    from sentistream.training.finetune import IGNORE, masked_multitask_loss
+
+    a = torch.randn(4, 3, requires_grad=True)
+    b = torch.randn(4, 2, requires_grad=True)
+    labels = torch.tensor([[0, IGNORE], [2, IGNORE], [IGNORE, 1], [1, IGNORE]])
+    weights = [torch.tensor([0.5, 1.0, 2.0]), None]
+    hard = masked_multitask_loss((a, b), labels, weights)
+    # One-hot soft targets (gold share 1, the end of annealing) give the plain loss.
+    onehot = torch.zeros(4, 3)
+    for row in (0, 1, 3):
+        onehot[row, labels[row, 0]] = 1.0
+    assert torch.isclose(masked_multitask_loss((a, b), labels, weights, 0.0, [onehot, None]), hard)
+    # A teacher distribution: soft cross-entropy weighted by the gold label's class weight,
+    # unlabelled rows (row 2 for task a) ignored whatever their target says.
+    teacher = torch.softmax(torch.randn(4, 3), dim=-1)
+    teacher[2] = torch.tensor([1.0, 0.0, 0.0])
+    loss = masked_multitask_loss((a, b), labels, weights, 0.0, [teacher, None])
+    log_p = torch.log_softmax(a, dim=-1)
+    soft_a = sum(-(teacher[r] * log_p[r]).sum() * weights[0][labels[r, 0]] for r in (0, 1, 3))
+    hard_b = torch.nn.functional.cross_entropy(b[[2]], labels[[2], 1], reduction="sum")
+    assert torch.isclose(loss, (soft_a + hard_b) / 4)
+    loss.backward()
+    assert torch.all(a.grad[2] == 0)
+
+
+def test_annealed_targets_move_from_teacher_to_gold() -> None:
+    from sentistream.training.finetune import TaskData, _annealed_targets
+
+    task = TaskData("t", ["x", "y"], [[1], [2]], [0, 1], [], [], Path("."))
+    probs = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
+    batch = [(0, 1), (1, 0), (0, 0)]  # row 1 belongs to another task
+    cpu = torch.device("cpu")
+    (start, other) = _annealed_targets(batch, [task, task], [probs, None], 0.0, cpu)  # type: ignore[misc]
+    assert other is None
+    torch.testing.assert_close(start, torch.tensor([[0.6, 0.4], [0.0, 0.0], [0.2, 0.8]]))
+    (mid, _) = _annealed_targets(batch, [task, task], [probs, None], 0.5, cpu)  # type: ignore[misc]
+    torch.testing.assert_close(mid, torch.tensor([[0.3, 0.7], [0.0, 0.0], [0.6, 0.4]]))
+    assert _annealed_targets(batch, [task], [None], 0.3, cpu) is None
+
+
+def test_multitask_with_single_task_teachers(
+    multitask: Path, two_tasks: dict[str, Path], tiny_backbone: Path, tmp_path: Path
+) -> None:
+    """A teacher per task, one a training checkpoint and one an exported model folder: scored
+    once, cached, recorded in the checkpoint; the student still learns every task."""
+    from sentistream.training.export import ExportConfig, export
+    from sentistream.training.finetune import finetune
+
+    served = export(
+        ExportConfig(checkpoint=multitask, output=tmp_path / "teacher" / "1", min_agreement=0.8)
+    )
+    out = finetune(
+        _config(
+            two_tasks,
+            tiny_backbone,
+            tmp_path / "bam",
+            teachers=[f"sentiment={multitask}", f"irony={served}"],
+        )
+    )
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["teachers"] == {"sentiment": str(multitask), "irony": str(served)}
+    assert meta["val_metrics"]["sentiment"]["official_score"] >= 0.8
+    assert meta["val_metrics"]["irony"]["official_score"] >= 0.7
+    with np.load(out / "teacher_irony.npz") as z:
+        probs = z["probs"]
+    assert probs.shape == (60, 2) and np.allclose(probs.sum(-1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="does not train"):
+        finetune(_config(two_tasks, tiny_backbone, tmp_path / "x", teachers=[f"hate={served}"]))
+
+
 def test_multitask_model_learns_every_task(multitask: Path) -> None:
     meta = json.loads((multitask / "checkpoint.json").read_text())
     assert meta["task_order"] == ["sentiment", "irony"]

@@ -38,6 +38,7 @@ from sentistream.training.finetune import (
     masked_multitask_loss,
     pick_device,
     predict_logits,
+    resolve_bf16,
     warmup_linear_decay,
 )
 from sentistream.training.model import MultiTaskModel, load_checkpoint, save_checkpoint
@@ -66,7 +67,7 @@ class DistillConfig(BaseModel):
     eval_every: int = Field(0, ge=0)
     patience: int = Field(4, ge=1)
     seed: int = 42
-    bf16: bool = True
+    bf16: bool | None = Field(None, description="bf16 autocast; default: where the hardware has it")
     device: str = "auto"
     threads: int | None = None
     max_train_examples: int | None = Field(None, description="per task (smoke tests)")
@@ -139,6 +140,7 @@ def distill(config: DistillConfig) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
+    config = config.model_copy(update={"bf16": resolve_bf16(config.bf16, device)})
     loaded = [load_checkpoint(path) for path in config.teachers]
     teachers = [m for m, _, _ in loaded]
     _, tokenizer, meta = loaded[0]
@@ -207,7 +209,7 @@ def distill(config: DistillConfig) -> Path:
         print("teacher logits: cached", flush=True)
     else:
         ts = time.perf_counter()
-        t_logits = _teacher_logits(teachers, ids, device, config.bf16)
+        t_logits = _teacher_logits(teachers, ids, device, bool(config.bf16))
         config.output.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {"key": np.asarray(json.dumps(key))}
         arrays.update({f"logits_{n}": v for n, v in zip(names, t_logits, strict=True)})
@@ -253,7 +255,9 @@ def distill(config: DistillConfig) -> Path:
         for idx in batches:
             student.train()
             input_ids, mask = collate([ids[i] for i in idx], device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            with torch.autocast(
+                device_type=device.type, dtype=torch.bfloat16, enabled=bool(config.bf16)
+            ):
                 out = student(input_ids, mask)
             loss = distillation_loss(
                 out,
@@ -272,7 +276,7 @@ def distill(config: DistillConfig) -> Path:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}", best=f"{best_score:.4f}")
             if step % eval_every == 0 or step == total_steps:
-                reports = evaluate_tasks(student, tasks, device, config.bf16)
+                reports = evaluate_tasks(student, tasks, device, bool(config.bf16))
                 score = float(np.mean([r["official_score"] for r in reports.values()]))
                 history.append(
                     {

@@ -343,6 +343,8 @@ def export(config: ExportConfig) -> Path:
                     "teacher_val_metrics",
                     "student_layers",
                     "transfer_set",
+                    "teachers",
+                    "teacher_annealing",
                 )
                 if k in meta
             },

@@ -37,6 +37,7 @@ from sentistream.text import CLEANING_VERSION, DEFAULT_MAX_CHARS, clean_or_empty
 from sentistream.training.backbone import DEFAULT_BACKBONE, backbone_info, load_backbone
 from sentistream.training.data import LabelledSplit, fingerprint, load_train_val
 from sentistream.training.model import MultiTaskModel, save_checkpoint
+from sentistream.training.teachers import parse_teacher_specs, teacher_probabilities
 
 __all__ = [
     "IGNORE",
@@ -49,6 +50,7 @@ __all__ = [
     "parse_task_specs",
     "pick_device",
     "predict_logits",
+    "resolve_bf16",
     "task_sample_counts",
     "warmup_linear_decay",
 ]
@@ -97,9 +99,16 @@ class FinetuneConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="steps between evaluations (0: twice per epoch)")
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
     seed: int = 42
-    bf16: bool = Field(True, description="bf16 autocast (CPU and GPU)")
+    bf16: bool | None = Field(
+        None, description="bf16 autocast; default: where the hardware has it (resolve_bf16)"
+    )
     device: str = Field("auto", description="auto (GPU when present), cpu or cuda")
     resume: bool = Field(False, description="continue from <output>/resume/ when present")
+    teachers: list[str] = Field(
+        default_factory=list,
+        description="TASK=FOLDER: a single-task teacher per task (checkpoint or model folder); "
+        "its probabilities are mixed with the gold labels, gold share annealed 0 -> 1",
+    )
     max_train_examples: int | None = Field(None, description="subsample train (smoke tests)")
     max_val_examples: int | None = None
     threads: int | None = Field(None, description="torch CPU threads (default: all cores)")
@@ -135,6 +144,7 @@ class TaskData:
     val_y: list[int]
     source: Path
     val_sources: dict[str, tuple[int, int]] = field(default_factory=dict)
+    train_texts: list[str] = field(default_factory=list)  # cleaned, for teachers
 
 
 def _seed_everything(seed: int) -> None:
@@ -247,11 +257,15 @@ def masked_multitask_loss(
     labels: torch.Tensor,
     class_weights: list[torch.Tensor | None],
     label_smoothing: float = 0.0,
+    soft_targets: list[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Mean over the batch of the cross-entropy of every (example, task) pair that has a label.
 
     ``labels`` is ``[batch, n_tasks]`` with ``IGNORE`` where an example has no label for a task:
-    those pairs add nothing to the loss and send no gradient to that task's head.
+    those pairs add nothing to the loss and send no gradient to that task's head. A task with a
+    ``soft_targets`` tensor (``[batch, n_labels]``, rows summing to 1) is trained on those
+    distributions instead of the one-hot gold label (rows of unlabelled pairs are ignored), each
+    pair still weighted by its gold label's class weight.
     """
     total = logits[0].new_zeros((), dtype=torch.float32)
     labelled = (labels != IGNORE).sum()
@@ -260,6 +274,16 @@ def masked_multitask_loss(
     for t, task_logits in enumerate(logits):
         y = labels[:, t]
         if not bool((y != IGNORE).any()):
+            continue
+        soft = soft_targets[t] if soft_targets is not None else None
+        if soft is not None:
+            keep = y != IGNORE
+            log_p = torch.log_softmax(task_logits.float()[keep], dim=-1)
+            per_pair = -(soft[keep].float() * log_p).sum(dim=-1)
+            w = class_weights[t]
+            if w is not None:
+                per_pair = per_pair * w[y[keep]]
+            total = total + per_pair.sum()
             continue
         loss = nn.functional.cross_entropy(
             task_logits.float(),
@@ -303,6 +327,29 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def resolve_bf16(requested: bool | None, device: torch.device) -> bool:
+    """bf16 autocast where the hardware computes in bf16 natively: a CUDA GPU with bf16, or a
+    CPU with AVX512-BF16 or AMX. Elsewhere torch emulates bf16 matmuls, which is far slower
+    than fp32 (measured 17x slower on an AVX2 EPYC, docs/training.md). ``None``: decide by the
+    hardware; ``True``/``False``: as asked."""
+    if requested is not None:
+        return requested
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
 def _subsample(split: LabelledSplit, k: int | None, rng: random.Random | None) -> LabelledSplit:
@@ -385,16 +432,18 @@ def load_tasks(config: FinetuneConfig, tokenizer: Tokenizer) -> list[TaskData]:
             cleaned = [clean_or_empty(t, config.max_chars) for t in texts]
             return encode_texts(tokenizer, cleaned, config.max_length, config.truncation)
 
+        train_texts = [clean_or_empty(t, config.max_chars) for t in train.texts]
         tasks.append(
             TaskData(
                 name,
                 train.label_names,
-                enc(train.texts),
+                encode_texts(tokenizer, train_texts, config.max_length, config.truncation),
                 train.labels,
                 enc(val.texts),
                 val.labels,
                 path,
                 ranges,
+                train_texts,
             )
         )
     return tasks
@@ -516,6 +565,31 @@ def _save_resume(
     (folder / "progress.json.tmp").replace(folder / "progress.json")
 
 
+def _annealed_targets(
+    batch: list[tuple[int, int]],
+    tasks: list[TaskData],
+    teacher_probs: list[torch.Tensor | None],
+    gold_share: float,
+    device: torch.device,
+) -> list[torch.Tensor | None] | None:
+    """Per task with a teacher: ``gold_share`` x one-hot gold + the rest x teacher probability,
+    for the batch rows of that task (other rows stay zero and are masked by the loss)."""
+    if all(p is None for p in teacher_probs):
+        return None
+    out: list[torch.Tensor | None] = []
+    for t, probs in enumerate(teacher_probs):
+        if probs is None:
+            out.append(None)
+            continue
+        target = torch.zeros(len(batch), probs.shape[1])
+        for row, (task, i) in enumerate(batch):
+            if task == t:
+                target[row] = (1.0 - gold_share) * probs[i]
+                target[row, tasks[t].train_y[i]] += gold_share
+        out.append(target.to(device))
+    return out
+
+
 def finetune(config: FinetuneConfig) -> Path:
     """Run one (multi-task) fine-tuning; returns the checkpoint folder (best validation
     weights)."""
@@ -523,6 +597,7 @@ def finetune(config: FinetuneConfig) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
+    config = config.model_copy(update={"bf16": resolve_bf16(config.bf16, device)})
     encoder, tokenizer, source = load_backbone(config.base_model)
     tokenizer.no_padding()
     t0 = time.perf_counter()
@@ -538,6 +613,31 @@ def finetune(config: FinetuneConfig) -> Path:
     model = MultiTaskModel(encoder, {t.name: t.labels for t in tasks}, dropout=config.dropout).to(
         device
     )
+    teacher_paths = parse_teacher_specs(config.teachers)
+    unknown = sorted(set(teacher_paths) - {t.name for t in tasks})
+    if unknown:
+        raise ValueError(f"teachers for tasks this run does not train: {unknown}")
+    teacher_probs: list[torch.Tensor | None] = []
+    for task in tasks:
+        if task.name not in teacher_paths:
+            teacher_probs.append(None)
+            continue
+        tt = time.perf_counter()
+        probs = teacher_probabilities(
+            teacher_paths[task.name],
+            task.name,
+            task.labels,
+            task.train_texts,
+            config.max_length,
+            config.output,
+        )
+        teacher_probs.append(torch.from_numpy(probs))
+        agree = float((probs.argmax(-1) == np.asarray(task.train_y)).mean())
+        print(
+            f"teacher {teacher_paths[task.name]} for {task.name}: {len(probs)} train texts "
+            f"in {time.perf_counter() - tt:.0f}s (agrees with gold on {agree:.1%})",
+            flush=True,
+        )
     counts = task_sample_counts([len(t.train_ids) for t in tasks], config.task_sampling_alpha)
     if len(tasks) > 1:
         print(
@@ -603,9 +703,14 @@ def finetune(config: FinetuneConfig) -> Path:
             y = torch.full((len(batch), len(tasks)), IGNORE, dtype=torch.long)
             for row, (t, i) in enumerate(batch):
                 y[row, t] = tasks[t].train_y[i]
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            with torch.autocast(
+                device_type=device.type, dtype=torch.bfloat16, enabled=bool(config.bf16)
+            ):
                 logits = model(input_ids, mask)
-            loss = masked_multitask_loss(logits, y.to(device), weights, config.label_smoothing)
+            soft = _annealed_targets(batch, tasks, teacher_probs, step / total_steps, device)
+            loss = masked_multitask_loss(
+                logits, y.to(device), weights, config.label_smoothing, soft
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -615,7 +720,7 @@ def finetune(config: FinetuneConfig) -> Path:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}", best=f"{best_score:.4f}")
             if step % eval_every == 0 or step == total_steps:
-                reports = evaluate_tasks(model, tasks, device, config.bf16)
+                reports = evaluate_tasks(model, tasks, device, bool(config.bf16))
                 score = float(np.mean([r["official_score"] for r in reports.values()]))
                 history.append(
                     {
@@ -694,6 +799,11 @@ def finetune(config: FinetuneConfig) -> Path:
         "train_examples": sum(len(t.train_ids) for t in tasks),
         "val_examples": sum(len(t.val_ids) for t in tasks),
         "examples_per_epoch": {t.name: c for t, c in zip(tasks, counts, strict=True)},
+        **(
+            {"teachers": {k: str(v) for k, v in teacher_paths.items()}, "teacher_annealing": True}
+            if teacher_paths
+            else {}
+        ),
         "training_config": json.loads(config.model_dump_json()),
         "best_step": best_step,
         "steps": step,

@@ -24,7 +24,12 @@ from tqdm import tqdm
 from sentistream.text import DEFAULT_MAX_CHARS
 from sentistream.training.backbone import DEFAULT_BACKBONE, resolve_backbone
 from sentistream.training.data import fingerprint
-from sentistream.training.finetune import collate, pick_device, warmup_linear_decay
+from sentistream.training.finetune import (
+    collate,
+    pick_device,
+    resolve_bf16,
+    warmup_linear_decay,
+)
 from sentistream.training.unlabeled import load_unlabeled, validation_texts
 
 __all__ = ["MlmConfig", "mask_tokens", "pretrain_mlm"]
@@ -52,7 +57,7 @@ class MlmConfig(BaseModel):
     max_chars: int = Field(DEFAULT_MAX_CHARS, ge=16)
     max_texts: int | None = None
     seed: int = 42
-    bf16: bool = True
+    bf16: bool | None = Field(None, description="bf16 autocast; default: where the hardware has it")
     device: str = "auto"
     threads: int | None = None
 
@@ -112,6 +117,7 @@ def pretrain_mlm(config: MlmConfig) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
+    config = config.model_copy(update={"bf16": resolve_bf16(config.bf16, device)})
     source = resolve_backbone(config.base_model)
     model = AutoModelForMaskedLM.from_pretrained(source, use_safetensors=True).float().to(device)
     local = Path(source)
@@ -168,7 +174,9 @@ def pretrain_mlm(config: MlmConfig) -> Path:
         masked, labels = mask_tokens(
             input_ids, mask, special, mask_id, vocab, config.mask_prob, gen
         )
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.bf16):
+        with torch.autocast(
+            device_type=device.type, dtype=torch.bfloat16, enabled=bool(config.bf16)
+        ):
             loss = _mlm_loss(
                 model,
                 masked.to(device),
