@@ -314,8 +314,11 @@ def plots(results: dict[str, Any], stem: str) -> list[str]:
             rows += [("server", sl["server"]["first_answer_s"], sl["server"]["peak_rss_mb"]),
                      ("pipeline server", sl["baseline_server"]["first_answer_s"],
                       sl["baseline_server"]["peak_rss_mb"])]  # fmt: skip
+        if "server_one_model" in sl:
+            one = sl["server_one_model"]
+            rows.insert(3, ("server, 1 model", one["first_answer_s"], one["peak_rss_mb"]))
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
-        colors = ["tab:green", "tab:gray"] * 2
+        colors = ["tab:gray" if "pipeline" in r[0] else "tab:green" for r in rows]
         a1.bar([r[0] for r in rows], [r[1]["median"] for r in rows], color=colors)
         a1.axhline(0.5, color="tab:red", linestyle="--")
         a1.set_ylabel("start to first answer, s")
@@ -485,8 +488,11 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
                 "| server | start to ready s | start to first answer s | peak RSS MB |",
                 "| --- | --- | --- | --- |",
             ]
-            for key, name in (("server", "sentistream serve"),
+            for key, name in (("server", "sentistream serve (every model)"),
+                              ("server_one_model", "sentistream serve --serve-models M"),
                               ("baseline_server", "FastAPI + pipeline")):  # fmt: skip
+                if key not in s:
+                    continue
                 p = s[key]
                 lines.append(
                     f"| {name} | {_fmt(p['ready_s'], 3)} | {_fmt(p['first_answer_s'], 3)} | "

@@ -467,6 +467,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--truncation", choices=["head", "head_tail"])
     p.add_argument(
+        "--max-chars",
+        type=int,
+        help="characters kept by cleaning before tokenization (default 1000); raise it for long "
+        "texts so that --truncation head_tail sees their end",
+    )
+    p.add_argument(
         "--label-names",
         type=lambda v: [x for x in v.split(",") if x],
         help="names of integer labels 0..n-1 in CSV/TSV data, e.g. negative,positive",
@@ -591,6 +597,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, help="int8 vs fp32 argmax agreement required")
     p.add_argument("--calibration-size", type=int, help="training texts steering quantization")
     p.add_argument("--max-fp32-nodes", type=int, help="most MatMuls kept fp32 for parity")
+    p.add_argument(
+        "--parity-target",
+        type=float,
+        help="calibration agreement the fp32-node search aims at (default: min-agreement + 0.01)",
+    )
+    p.add_argument(
+        "--reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="7-bit weights, exact on CPUs without VNNI (default: on)",
+    )
     p.add_argument("--command-line", help="the training command, recorded in the model card")
     p.add_argument("--description", help="one-line model description for the card")
     p.add_argument("--max-length", type=int, help="serving token budget (default: training's)")

@@ -51,6 +51,18 @@ class ExportConfig(BaseModel):
     max_fp32_nodes: int = Field(
         8, ge=0, description="most MatMuls kept fp32 to reach the agreement target"
     )
+    parity_target: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="calibration agreement the fp32-node search aims at "
+        "(default: min_agreement + 0.01); lower keeps more of the graph int8 (faster)",
+    )
+    reduce_range: bool = Field(
+        True,
+        description="7-bit weights: the same results on CPUs without VNNI (no VPMADDUBSW "
+        "saturation); 8-bit only for models that will run on VNNI/AMX CPUs alone",
+    )
     verify_all_tasks: bool = Field(
         True, description="also verify the other tasks on the data they were trained on"
     )
@@ -227,11 +239,16 @@ def export(config: ExportConfig) -> Path:
                 calibration,
                 outputs,
                 pad_id,
-                target=min(1.0, config.min_agreement + 0.01),
+                target=(
+                    config.parity_target
+                    if config.parity_target is not None
+                    else min(1.0, config.min_agreement + 0.01)
+                ),
                 max_fp32_nodes=config.max_fp32_nodes,
+                reduce_range=config.reduce_range,
             )
         else:
-            quantize(optimized, int8)
+            quantize(optimized, int8, reduce_range=config.reduce_range)
             quant_report = {"calibration_texts": 0, "fp32_nodes": []}
         if config.keep_fp32:
             shutil.copy(fp32, config.output / "model.fp32.onnx")
@@ -357,7 +374,11 @@ def export(config: ExportConfig) -> Path:
         },
         "quantization": {
             "method": "onnxruntime dynamic quantization, per-channel weights",
-            "weights": "int8 (MatMul/attention weights and embedding tables)",
+            "weights": (
+                "int8 (MatMul/attention weights and embedding tables)"
+                + (", 7-bit range (no saturation on non-VNNI CPUs)" if config.reduce_range else "")
+            ),
+            "reduce_range": config.reduce_range,
             "fp32_nodes": quant_report["fp32_nodes"],
             "calibration": {k: v for k, v in quant_report.items() if k != "fp32_nodes"},
             "activations": "uint8, dynamic per batch",
