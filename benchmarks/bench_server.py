@@ -184,7 +184,7 @@ def wrk_load(
 
 
 def start_baseline(
-    checkpoint: Path | None, threads: int
+    checkpoint: Path | None, threads: int, model: str = "tweet-sentiment"
 ) -> tuple[subprocess.Popen[bytes], int, float]:
     port = free_port()
     cmd = [
@@ -195,8 +195,9 @@ def start_baseline(
         "--threads",
         str(threads),
     ]
-    if checkpoint is not None:
-        cmd += ["--checkpoint", str(checkpoint)]
+    from benchlib import baseline_args
+
+    cmd += baseline_args(checkpoint, model)
     started = time.perf_counter()
     proc = subprocess.Popen(
         cmd,

@@ -202,6 +202,7 @@ def run_ours(
     threads: int,
     timeout: float,
     label: str,
+    model: str = "tweet-sentiment",
 ) -> dict[str, Any]:
     """One fresh Redis, ingest, ``workers`` worker processes; clock from process start."""
     n = len(ids)
@@ -225,6 +226,8 @@ def run_ours(
                 "redis",
                 "--consumer",
                 f"w{k + 1}",
+                "--model",
+                model,
                 "--intra-op-threads",
                 str(threads),
                 "--log-level",
@@ -305,7 +308,12 @@ def run_ours(
 
 
 def run_baseline(
-    tmp: Path, posts_file: Path, ids: list[str], checkpoint: Path | None, threads: int
+    tmp: Path,
+    posts_file: Path,
+    ids: list[str],
+    checkpoint: Path | None,
+    threads: int,
+    layers: int | None = None,
 ) -> dict[str, Any]:
     """The naive loop, in this process: XRANGE one entry, classify one post, PUBLISH, XADD."""
     from hf_baseline import load_pipeline
@@ -323,7 +331,7 @@ def run_baseline(
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity(hf_logging.CRITICAL)  # "model not supported": it works
         try:
-            pipe, source = load_pipeline(checkpoint, threads)
+            pipe, source = load_pipeline(checkpoint, threads, layers)
         finally:
             hf_logging.set_verbosity(verbosity)
         load_s = time.perf_counter() - t0
@@ -414,16 +422,23 @@ def main() -> int:
         help="fp32 checkpoint for the baseline (backbone + untrained head if absent)",
     )
     parser.add_argument("--baseline-threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--model", default=None, help="NAME[:VERSION] (default: the default model)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per run, seconds")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (make system-deps)")
+    from benchlib import model_layers
+
+    from sentistream.config import Settings
+
+    model = args.model or Settings().model
 
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "data": str(args.data),
+        "model": model,
         "posts": args.posts,
         "repeats": args.repeats,
         "commands": {
@@ -457,14 +472,23 @@ def main() -> int:
         for rep in range(args.repeats):
             for name, workers, threads in setups:
                 run = run_ours(
-                    tmp, posts_file, ids, workers, threads, args.timeout, f"{name}#{rep + 1}"
+                    tmp,
+                    posts_file,
+                    ids,
+                    workers,
+                    threads,
+                    args.timeout,
+                    f"{name}#{rep + 1}",
+                    model,
                 )
                 results["ours"].setdefault(name, {"runs": []})["runs"].append(run)
         base_n = min(args.baseline_posts, args.posts)
         base_file = tmp / "baseline.jsonl"
         base_ids = write_posts(posts_file, base_n, base_file)
         checkpoint = args.checkpoint if args.checkpoint.exists() else None
-        results["naive"] = run_baseline(tmp, base_file, base_ids, checkpoint, args.baseline_threads)
+        results["naive"] = run_baseline(
+            tmp, base_file, base_ids, checkpoint, args.baseline_threads, model_layers(model)
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -22,10 +22,12 @@ __all__ = [
     "RESULTS",
     "ROOT",
     "background_load",
+    "baseline_args",
     "child_env",
     "interleaved",
     "library_versions",
     "machine",
+    "model_layers",
     "ratio_spread",
     "rss_mb",
     "run_measured",
@@ -36,6 +38,28 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 BACKGROUND_PATTERN = "sentistream (train|distill|adapt)"
+
+
+def model_layers(model: str) -> int | None:
+    """Encoder depth of a served model (its manifest's backbone), for a same-network baseline."""
+    import json
+
+    from sentistream.config import Settings
+    from sentistream.repository import ModelRepository
+
+    folder = ModelRepository(Settings().model_repository).resolve(model)
+    layers = json.loads((folder / "manifest.json").read_text()).get("backbone", {})
+    value = layers.get("num_hidden_layers")
+    return int(value) if value else None
+
+
+def baseline_args(checkpoint: Path | None, model: str) -> list[str]:
+    """Flags that give the transformers baseline the same network as ``model``: its fp32
+    checkpoint when there is one, else the pretrained backbone cut to the model's depth."""
+    if checkpoint is not None:
+        return ["--checkpoint", str(checkpoint)]
+    layers = model_layers(model)
+    return ["--layers", str(layers)] if layers else []
 
 
 def library_versions() -> dict[str, str | None]:

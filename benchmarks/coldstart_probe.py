@@ -39,7 +39,9 @@ def ours(model: str, text: str) -> dict[str, object]:
     }
 
 
-def transformers_pipeline(checkpoint: Path | None, threads: int, text: str) -> dict[str, object]:
+def transformers_pipeline(
+    checkpoint: Path | None, threads: int, text: str, layers: int | None = None
+) -> dict[str, object]:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
@@ -47,7 +49,7 @@ def transformers_pipeline(checkpoint: Path | None, threads: int, text: str) -> d
     from hf_baseline import load_pipeline
 
     t1 = time.perf_counter()
-    pipe, source = load_pipeline(checkpoint, threads)
+    pipe, source = load_pipeline(checkpoint, threads, layers)
     t2 = time.perf_counter()
     scores = pipe(text)
     t3 = time.perf_counter()
@@ -68,11 +70,12 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--text", default="I love this")
+    parser.add_argument("--layers", type=int, help="baseline encoder depth without a checkpoint")
     args = parser.parse_args()
     if args.kind == "ours":
         out = ours(args.model, args.text)
     else:
-        out = transformers_pipeline(args.checkpoint, args.threads, args.text)
+        out = transformers_pipeline(args.checkpoint, args.threads, args.text, args.layers)
     print(json.dumps(out), flush=True)
     return 0
 

@@ -82,7 +82,9 @@ def measure(model: str, rounds: int, threads: int) -> dict[str, Any]:
 
     texts = guard_texts()
     clf = load_classifier(Settings(model=model, intra_op_threads=threads))
-    pipe, source = load_pipeline(None, threads)
+    from benchlib import model_layers
+
+    pipe, source = load_pipeline(None, threads, model_layers(model))
     clf.classify(texts[:16])
     pipe(texts[:16], batch_size=1)
 

@@ -4,9 +4,10 @@
 masked mean pooling, a linear head) in a ``PreTrainedModel`` and builds
 ``transformers.pipeline("text-classification")`` over it with the same tokenizer. Weights come
 from a ``sentistream train`` checkpoint when one is given (the fp32 parent of the shipped int8
-model); otherwise the pretrained backbone and an untrained head are used, which costs exactly
-the same to run. ``python benchmarks/hf_baseline.py --port P`` serves it as the plain FastAPI
-endpoint people write (one pipeline call per request).
+model); otherwise the pretrained backbone (cut to ``layers`` encoder layers, the depth of the
+model under test) and an untrained head are used, which costs exactly the same to run.
+``python benchmarks/hf_baseline.py --port P`` serves it as the plain FastAPI endpoint people
+write (one pipeline call per request).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ class MeanPoolClassifier(BertPreTrainedModel):  # type: ignore[misc]
         return SequenceClassifierOutput(logits=self.classifier(pooled))
 
 
-def load_pipeline(checkpoint: Path | None, threads: int = 2) -> tuple[Any, str]:
+def load_pipeline(
+    checkpoint: Path | None, threads: int = 2, layers: int | None = None
+) -> tuple[Any, str]:
     from safetensors.torch import load_file
 
     from sentistream.training.backbone import resolve_backbone
@@ -60,7 +63,11 @@ def load_pipeline(checkpoint: Path | None, threads: int = 2) -> tuple[Any, str]:
     else:
         config = AutoConfig.from_pretrained(str(base))
         tokenizer_file = base / "tokenizer.json"
-        source = "pretrained backbone + untrained head (same cost)"
+        if layers:
+            config.num_hidden_layers = layers
+        source = (
+            f"pretrained backbone ({config.num_hidden_layers} layers) + untrained head (same cost)"
+        )
     config.num_labels = len(LABELS)
     config.id2label = dict(enumerate(LABELS))
     config.label2id = {v: k for k, v in enumerate(LABELS)}
@@ -82,7 +89,12 @@ def load_pipeline(checkpoint: Path | None, threads: int = 2) -> tuple[Any, str]:
         model.load_state_dict(mapped, strict=False)
     else:
         encoder = BertModel.from_pretrained(str(base), add_pooling_layer=False)
-        model.bert.load_state_dict(encoder.state_dict())
+        keep = {
+            k: v
+            for k, v in encoder.state_dict().items()
+            if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < config.num_hidden_layers
+        }
+        model.bert.load_state_dict(keep)
     model.eval()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(tokenizer_file),
@@ -116,8 +128,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", type=int, help="encoder depth when no checkpoint is given")
     args = parser.parse_args()
-    pipe, _ = load_pipeline(args.checkpoint, args.threads)
+    pipe, _ = load_pipeline(args.checkpoint, args.threads, args.layers)
     app = FastAPI()
 
     @app.get("/ready")

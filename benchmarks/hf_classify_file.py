@@ -26,12 +26,13 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", type=int, help="encoder depth when no checkpoint is given")
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from hf_baseline import load_pipeline
 
-    pipe, source = load_pipeline(args.checkpoint, args.threads)
+    pipe, source = load_pipeline(args.checkpoint, args.threads, args.layers)
     loaded = time.perf_counter()
     posts = [json.loads(line) for line in args.input.read_text(encoding="utf-8").splitlines()]
     results = pipe([p["text"] for p in posts], batch_size=args.batch_size)

@@ -257,7 +257,7 @@ def server_latency(
         ),
     }
     if baseline:
-        b_cmd, b_ready, b_url, _ = baseline_server_cmd(checkpoint, threads)
+        b_cmd, b_ready, b_url, _ = baseline_server_cmd(checkpoint, threads, model)
         result["baseline_rest"] = measure_server(
             b_cmd, b_ready, b_url, texts, duration=duration, concurrency=concurrency
         )

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import ROOT, background_load, child_env, run_measured, spread
+from benchlib import ROOT, background_load, baseline_args, child_env, run_measured, spread
 
 HERE = Path(__file__).resolve().parent
 TEXT = "I love this"
@@ -120,7 +120,7 @@ def ours_server_cmd(
 
 
 def baseline_server_cmd(
-    checkpoint: Path | None, threads: int
+    checkpoint: Path | None, threads: int, model: str
 ) -> tuple[list[str], str, str, dict[str, Any]]:
     port = _free_port()
     cmd = [
@@ -131,8 +131,7 @@ def baseline_server_cmd(
         "--threads",
         str(threads),
     ]
-    if checkpoint is not None:
-        cmd += ["--checkpoint", str(checkpoint)]
+    cmd += baseline_args(checkpoint, model)
     base = f"http://127.0.0.1:{port}"
     return cmd, f"{base}/ready", f"{base}/predict", {"text": TEXT}
 
@@ -140,8 +139,8 @@ def baseline_server_cmd(
 def _probe(kind: str, model: str, checkpoint: Path | None, threads: int) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE / "coldstart_probe.py"), kind, "--model", model,
            "--threads", str(threads)]  # fmt: skip
-    if checkpoint is not None and kind == "transformers":
-        cmd += ["--checkpoint", str(checkpoint)]
+    if kind == "transformers":
+        cmd += baseline_args(checkpoint, model)
     run = run_measured(cmd, child_env())
     phases: dict[str, Any] = json.loads(run["stdout"].strip().splitlines()[-1])
     return {**phases, "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"]}
@@ -185,7 +184,7 @@ def serverless_profile(
         if include_servers:
             server_ours.append(server_cold_start(*ours_server_cmd(model, threads)))
             server_one.append(server_cold_start(*ours_server_cmd(model, threads, only=True)))
-            server_hf.append(server_cold_start(*baseline_server_cmd(checkpoint, threads)))
+            server_hf.append(server_cold_start(*baseline_server_cmd(checkpoint, threads, model)))
     phase_keys = ["wall_s", "import_s", "load_s", "first_answer_s", "peak_rss_mb"]
     ckpt_file = checkpoint / "model.safetensors" if checkpoint else None
     out: dict[str, Any] = {

@@ -44,6 +44,7 @@ from benchlib import (
     RESULTS,
     ROOT,
     background_load,
+    baseline_args,
     child_env,
     library_versions,
     machine,
@@ -135,8 +136,7 @@ def classify_section(
                     sys.executable, str(HERE / "hf_classify_file.py"), "--input", str(src),
                     "--output", str(out), "--batch-size", str(batch), "--threads", str(threads),
                 ]  # fmt: skip
-                if checkpoint is not None:
-                    cmd += ["--checkpoint", str(checkpoint)]
+                cmd += baseline_args(checkpoint, model)
                 r = run_measured(cmd, child_env())
                 summary = json.loads(r["stderr"].strip().splitlines()[-1])
                 return {
@@ -164,7 +164,7 @@ def classify_section(
             "ours": f"sentistream classify --model {model} --input posts.jsonl --output "
             "out.jsonl --no-progress",
             "baseline": "python benchmarks/hf_classify_file.py --input posts.jsonl --output "
-            "out.jsonl --batch-size B" + (f" --checkpoint {checkpoint}" if checkpoint else ""),
+            "out.jsonl --batch-size B " + " ".join(baseline_args(checkpoint, model)),
         },
         "runs": {},
     }
