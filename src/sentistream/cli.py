@@ -603,6 +603,12 @@ def _parser() -> argparse.ArgumentParser:
         help="calibration agreement the fp32-node search aims at (default: min-agreement + 0.01)",
     )
     p.add_argument(
+        "--gelu-approximation",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tanh GELU (FastGelu) instead of the exact erf GELU: cheaper on CPU",
+    )
+    p.add_argument(
         "--reduce-range",
         action=argparse.BooleanOptionalAction,
         default=None,

@@ -162,6 +162,58 @@ def test_evaluate_command_scores_the_exported_model(
     assert json.loads((tmp_path / "report.json").read_text())["report"]["confusion_matrix"]
 
 
+def test_export_options_fast_gelu_and_weight_range(
+    trained: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """--gelu-approximation puts FastGelu in the graph; 7-bit weights (the default) keep every
+    quantized weight within -64..63, 8-bit ones use the full range; both are recorded."""
+    import onnx
+    from onnx import numpy_helper
+
+    from sentistream.training.export import ExportConfig, export
+
+    def weights_range(folder: Path) -> int:
+        graph = onnx.load(str(folder / "model.onnx")).graph
+        ints = [
+            numpy_helper.to_array(t)
+            for t in graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and t.name.endswith("_quantized")
+        ]
+        assert ints
+        return max(int(abs(a.astype(np.int32)).max()) for a in ints)
+
+    fast = export(
+        ExportConfig(
+            checkpoint=trained,
+            output=tmp_path / "fast" / "1",
+            verify_data=tiny_dataset,
+            min_agreement=0.9,
+            gelu_approximation=True,
+            calibration_size=0,
+        )
+    )
+    ops = {n.op_type for n in onnx.load(str(fast / "model.onnx")).graph.node}
+    assert "FastGelu" in ops and "BiasGelu" not in ops
+    manifest = json.loads((fast / "manifest.json").read_text())
+    assert manifest["quantization"]["gelu"].startswith("tanh")
+    assert manifest["quantization"]["reduce_range"] is True
+    assert weights_range(fast) <= 64
+
+    full = export(
+        ExportConfig(
+            checkpoint=trained,
+            output=tmp_path / "full" / "1",
+            verify_data=tiny_dataset,
+            min_agreement=0.9,
+            reduce_range=False,
+            calibration_size=0,
+        )
+    )
+    assert "BiasGelu" in {n.op_type for n in onnx.load(str(full / "model.onnx")).graph.node}
+    assert json.loads((full / "manifest.json").read_text())["quantization"]["reduce_range"] is False
+    assert weights_range(full) > 64
+
+
 def test_csv_dataset_with_holdout(tiny_backbone: Path, tmp_path: Path) -> None:
     import csv
 
