@@ -562,6 +562,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", type=Path, required=True, help="student checkpoint folder")
     p.add_argument("--unlabeled", type=Path, nargs="+", help="JSONL/text files of extra tweets")
+    p.add_argument(
+        "--task-teachers",
+        nargs="+",
+        metavar="TASK=FOLDER",
+        help="extra teacher for one task (checkpoint or model folder), joins that task's ensemble",
+    )
     p.add_argument("--max-unlabeled", type=int)
     p.add_argument(
         "--layers",

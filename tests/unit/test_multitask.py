@@ -332,6 +332,7 @@ def test_distillation_student_learns_from_teacher(
             output=tmp_path / "student",
             unlabeled=[unlabeled],
             layers=[0, 2],
+            task_teachers=[f"irony={multitask}"],
             epochs=4,
             batch_size=16,
             lr=3e-3,
@@ -348,8 +349,23 @@ def test_distillation_student_learns_from_teacher(
     teacher, _, _ = load_checkpoint(multitask)
     assert len(student.encoder.encoder.layer) == 2 < len(teacher.encoder.encoder.layer)
     assert student.task_names == teacher.task_names
-    # Re-running reuses the cached teacher logits.
-    assert (out / "teacher_logits.npz").exists()
+    # Re-running reuses the cached teacher logits; the task teacher's are cached apart.
+    assert (out / "teacher_logits.npz").exists() and (out / "teacher_irony.npz").exists()
+    assert meta["distilled_from"] == [str(multitask), f"irony={multitask}"]
+
+
+def test_a_task_teacher_joins_the_ensemble_mean() -> None:
+    from sentistream.training.distill import join_ensemble
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    pa = np.exp(a) / np.exp(a).sum(-1, keepdims=True)
+    pb = np.exp(b) / np.exp(b).sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.exp(join_ensemble(a, 1, pb)), (pa + pb) / 2, rtol=1e-5)
+    # Two models already averaged count twice: the newcomer gets a third.
+    np.testing.assert_allclose(np.exp(join_ensemble(a, 2, pb)), (2 * pa + pb) / 3, rtol=1e-5)
+    # The same distribution joining changes nothing.
+    np.testing.assert_allclose(np.exp(join_ensemble(a, 1, pa)), pa, rtol=1e-5)
 
 
 def test_distillation_loss_is_zero_when_student_matches_teacher() -> None:

@@ -1,7 +1,9 @@
 """Knowledge distillation: a smaller student learns the teacher's soft labels on every task.
 
 Teacher: one fine-tuned (multi-task) checkpoint, or several averaged as an ensemble (their
-probabilities are averaged). Transfer set: every task's labelled training texts plus unlabeled
+probabilities are averaged); ``task_teachers`` add a model for one task only (a training
+checkpoint or a served model folder, e.g. a single-task specialist) to that task's average.
+Transfer set: every task's labelled training texts plus unlabeled
 tweets (validation texts excluded). The teacher scores every text for every task once (cached in
 ``<output>/teacher_logits.npz``); the student - the teacher's encoder with a subset of its
 layers, e.g. 3 of 6, initialised from those layers, plus the teacher's heads - then minimises
@@ -42,15 +44,21 @@ from sentistream.training.finetune import (
     warmup_linear_decay,
 )
 from sentistream.training.model import MultiTaskModel, load_checkpoint, save_checkpoint
+from sentistream.training.teachers import parse_teacher_specs, teacher_probabilities
 from sentistream.training.unlabeled import load_unlabeled, validation_texts
 
-__all__ = ["DistillConfig", "distill", "distillation_loss", "shrink_encoder"]
+__all__ = ["DistillConfig", "distill", "distillation_loss", "join_ensemble", "shrink_encoder"]
 
 
 class DistillConfig(BaseModel):
     """Everything that determines a distillation run (saved inside the checkpoint)."""
 
     teachers: list[Path] = Field(description="teacher checkpoint folder(s); several = ensemble")
+    task_teachers: list[str] = Field(
+        default_factory=list,
+        description="TASK=FOLDER: an extra teacher for one task (checkpoint or model folder), "
+        "averaged with the teachers' probabilities for that task",
+    )
     output: Path = Field(description="student checkpoint folder to write")
     unlabeled: list[Path] = Field(default_factory=list, description="JSONL/text of extra tweets")
     max_unlabeled: int | None = Field(40_000, description="sample of unlabeled texts to use")
@@ -115,6 +123,16 @@ def _teacher_logits(
     for k in range(len(per_teacher[0])):
         probs = np.mean([_softmax(p[k]) for p in per_teacher], axis=0)
         out.append(np.log(np.clip(probs, 1e-9, 1.0)).astype(np.float32))
+    return out
+
+
+def join_ensemble(
+    logits: np.ndarray[Any, Any], n_models: int, probs: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    """Log of the mean probability once one more model (``probs``) joins an ensemble of
+    ``n_models`` whose mean probability is ``softmax(logits)``."""
+    mixed = (_softmax(logits) * n_models + probs) / (n_models + 1)
+    out: np.ndarray[Any, Any] = np.log(np.clip(mixed, 1e-9, 1.0)).astype(np.float32)
     return out
 
 
@@ -215,6 +233,16 @@ def distill(config: DistillConfig) -> Path:
         arrays.update({f"logits_{n}": v for n, v in zip(names, t_logits, strict=True)})
         np.savez(cache, **arrays)
         print(f"teacher logits for {len(ids)} texts in {time.perf_counter() - ts:.0f}s", flush=True)
+    task_teachers = parse_teacher_specs(config.task_teachers)
+    for task, folder in task_teachers.items():
+        if task not in names:
+            raise ValueError(f"task teacher for {task!r}: the teachers have {names}")
+        k = names.index(task)
+        probs = teacher_probabilities(
+            folder, task, teachers[0].tasks[task], texts, max_length, config.output
+        )
+        t_logits[k] = join_ensemble(t_logits[k], len(teachers), probs)
+        print(f"task teacher {folder} joins the {task} ensemble", flush=True)
     teacher_reports = (
         evaluate_tasks(teachers[0], tasks, device, bf16=False) if len(teachers) == 1 else {}
     )
@@ -315,7 +343,8 @@ def distill(config: DistillConfig) -> Path:
             if k not in {"tasks", "history", "val_metrics", "training_config"}
         },
         "kind": "sentistream-checkpoint",
-        "distilled_from": [str(p) for p in config.teachers],
+        "distilled_from": [str(p) for p in config.teachers]
+        + [f"{t}={p}" for t, p in parse_teacher_specs(config.task_teachers).items()],
         "teacher_val_metrics": teacher_reports,
         "student_layers": config.layers,
         "backbone": {**meta.get("backbone", {}), "num_hidden_layers": len(config.layers)},
