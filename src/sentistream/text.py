@@ -58,7 +58,15 @@ def _decode_escapes(text: str) -> str:
     return _ESCAPED_CHAR.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
+# ASCII's only invisible characters are its controls (category Cc): the whitespace ones become
+# spaces, the rest vanish - exactly what the general loop below does for them, at str.translate
+# speed (most posts are pure ASCII).
+_ASCII_CONTROLS = {cp: (" " if chr(cp).isspace() else None) for cp in [*range(0x20), 0x7F]}
+
+
 def _strip_invisible(text: str) -> str:
+    if text.isascii():
+        return text.translate(_ASCII_CONTROLS)
     out: list[str] = []
     for ch in text:
         cp = ord(ch)
@@ -78,6 +86,8 @@ def _split_hashtag(match: re.Match[str]) -> str:
 
 
 def _name_pictographs(text: str) -> str:
+    if text.isascii():  # pictographs and regional indicators are all far above ASCII
+        return text
     out: list[str] = []
     previous = ""
     for ch in text:

@@ -93,3 +93,34 @@ def test_idempotent_with_cap(raw: str, cap: int) -> None:
         return
     assert len(once) <= cap
     assert clean(once, max_chars=cap) == once
+
+
+def _general_strip(text: str) -> str:
+    """The general (per-character) path of ``_strip_invisible``, forced for ASCII input."""
+    import sentistream.text as t
+
+    return t._strip_invisible(text + "\u00e9")[:-1]
+
+
+def _general_pictographs(text: str) -> str:
+    import sentistream.text as t
+
+    return t._name_pictographs(text + "\u00e9")[:-1]
+
+
+def test_ascii_fast_paths_match_the_general_loop_on_every_ascii_character() -> None:
+    import sentistream.text as t
+
+    every = "".join(chr(i) for i in range(128))
+    assert t._strip_invisible(every) == _general_strip(every)
+    assert t._name_pictographs(every) == _general_pictographs(every)
+    assert t._strip_invisible("a\tb\x00c\x1fd\x7f") == "a bc d"
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=80))
+def test_ascii_fast_paths_match_the_general_loop(raw: str) -> None:
+    import sentistream.text as t
+
+    assert t._strip_invisible(raw) == _general_strip(raw)
+    assert t._name_pictographs(raw) == _general_pictographs(raw)
