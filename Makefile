@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: export-multitask export-student export-reviews train-single train-multitask adapt-tweets train-multitask-mlm train-single-mlm distill-student train-reviews eda
+.PHONY: export-multitask export-student export-reviews train-single train-multitask adapt-tweets train-single-mlm distill-student train-reviews eda
 .PHONY: install system-deps venv test unit integration lint format docs bench bench-quick bench-guard bench-classify bench-server bench-stream bench-overload soak audit proto serve train-sentiment export-sentiment eval-sentiment clean
 
 install: system-deps venv  ## everything: Debian packages, virtualenv, package with [train,dev] extras
@@ -74,34 +74,35 @@ eval-sentiment:
 profile-sentiment:  ## the drift reference profile in the shipped manifest (validation tweets)
 	$(BIN)/sentistream profile $(SENTIMENT_MODEL) --data $(DATA)/tweeteval/sentiment --split val
 
-# --- v2 models (issue 3): each target is exactly the command that produced a shipped model -----
-# Run them in this order; every one resumes with the same command after an interruption.
+# --- v3 models: each target is exactly the command that produced a shipped model ------------
+# Run them in this order; every training command resumes with the same command after an
+# interruption. On a 2-core AVX2 CPU (fp32; bf16 only where the CPU has it): single-task runs
+# 5-20 min each, adaptation 32 min, multi-task ~100 min, distillation ~60 min.
 TE = $(DATA)/tweeteval
 TASKS = sentiment=$(TE)/sentiment emotion=$(TE)/emotion hate=$(TE)/hate irony=$(TE)/irony offensive=$(TE)/offensive
 TRAIN_COMMON = --epochs 3 --lr 5e-5 --batch-size 32 --max-length 128 --seed 42 --threads 2 --resume
 MULTI_COMMON = --epochs 2.5 --task-sampling-alpha 0.75 --lr 5e-5 --batch-size 32 --max-length 128 --eval-every 760 --seed 42 --threads 2 --resume
-TRAIN_MULTI = $(BIN)/sentistream train --tasks $(TASKS) --output runs/multi-v2 $(MULTI_COMMON)
-ADAPT = $(BIN)/sentistream adapt $(DATA)/stream/tweets.jsonl $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --exclude-val $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --output runs/mlm-tweets --steps 500 --head-steps 100 --batch-size 64 --lr 5e-5 --max-length 64 --seed 42 --threads 2
-TRAIN_MULTI_MLM = $(BIN)/sentistream train --tasks $(TASKS) --base-model runs/mlm-tweets --output runs/multi-mlm $(MULTI_COMMON)
-DISTILL = $(BIN)/sentistream distill runs/multi-v2 --output runs/student-v2 --unlabeled $(DATA)/stream/tweets.jsonl --max-unlabeled 20000 --layers 0,2,4 --epochs 1 --lr 1e-4 --batch-size 32 --seed 42 --threads 2
+# Single-task teachers of the multi-task run: the shipped single-task sentiment model and one
+# fine-tune per other task (the same runs are the single-task side of the comparison).
+TEACHERS = sentiment=$(SENTIMENT_MODEL) emotion=runs/single-emotion hate=runs/single-hate irony=runs/single-irony offensive=runs/single-offensive
+TRAIN_MULTI = $(BIN)/sentistream train --tasks $(TASKS) --teachers $(TEACHERS) --output runs/multi-v3 $(MULTI_COMMON)
+ADAPT = $(BIN)/sentistream adapt $(DATA)/stream/tweets.jsonl $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --exclude-val $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --output runs/mlm-tweets --steps 1000 --head-steps 100 --batch-size 64 --lr 5e-5 --max-length 64 --seed 42 --threads 2
+DISTILL = $(BIN)/sentistream distill runs/multi-v3 --output runs/student-v3 --unlabeled $(DATA)/stream/tweets.jsonl --max-unlabeled 40000 --task-teachers sentiment=$(SENTIMENT_MODEL) --layers 0,2,4 --epochs 1.5 --lr 1e-4 --batch-size 32 --seed 42 --threads 2
 TRAIN_REVIEWS = $(BIN)/sentistream train --tasks reviews=$(DATA)/sst2/train.tsv,$(DATA)/imdb/train.csv@4000 --label-names negative,positive --output runs/reviews-v1 --epochs 1.5 --lr 5e-5 --batch-size 32 --max-length 256 --truncation head_tail --seed 42 --threads 2 --resume
 
-train-single:  ## single-task baselines for the multi-task comparison (sentiment: train-sentiment)
-	for t in emotion irony hate offensive; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --output runs/single-$$t $(TRAIN_COMMON) || exit 1; done
-
-train-multitask:  ## one encoder, five TweetEval heads
-	$(TRAIN_MULTI)
+train-single:  ## single-task fine-tunes: multi-task teachers and the comparison baselines
+	for t in irony emotion hate offensive; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --output runs/single-$$t $(TRAIN_COMMON) || exit 1; done
 
 adapt-tweets:  ## domain adaptation: MLM on unlabeled tweets + training texts (validation excluded)
 	$(ADAPT)
 
-train-multitask-mlm:  ## the multi-task run again from the adapted encoder (full ablation; ~45 min)
-	$(TRAIN_MULTI_MLM)
-
-train-single-mlm:  ## single-task runs from the adapted encoder (the ablation that was run; ~15 min)
+train-single-mlm:  ## the adaptation ablation: the small tasks again from the adapted encoder
 	for t in irony emotion hate; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --base-model runs/mlm-tweets --output runs/single-mlm-$$t $(TRAIN_COMMON) || exit 1; done
 
-distill-student:  ## 3-layer student on the multi-task teacher's soft labels
+train-multitask:  ## one encoder, five TweetEval heads, single-task teachers annealed to gold labels
+	$(TRAIN_MULTI)
+
+distill-student:  ## 3-layer student on the multi-task teacher's (+ sentiment specialist's) soft labels
 	$(DISTILL)
 
 train-reviews:  ## binary reviews model on SST-2 + IMDB (head+tail truncation)
