@@ -468,6 +468,9 @@ def roofline(
                 ops.issue_formula(round(float(np.mean(lengths)))) / 1e9, 4
             ),
         },
+        # The hardware ceiling: posts/s if every op ran at the measured int8 peak (no layer
+        # norms, no tokenization, no I/O). No runtime gets past it with this network.
+        "ceiling_posts_per_s_at_int8_peak": round(peak_int8 / (mean_int8 + mean_fp32), 1),
         "mfu": mfu,
         "profile": profile,
         "target_mfu": 0.6,

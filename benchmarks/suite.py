@@ -461,6 +461,14 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
             f"(best {r['best_mfu']:.1%}).",
             "",
         ]
+        if "ceiling_posts_per_s_at_int8_peak" in r:
+            lines += [
+                "Hardware ceiling of this network on this machine (every op at the measured "
+                f"int8 peak, nothing else costing time): "
+                f"{r['ceiling_posts_per_s_at_int8_peak']:.0f} posts/s at "
+                f"{r['tokens']['mean']:.1f} tokens per post.",
+                "",
+            ]
     s = results.get("serverless")
     if isinstance(s, dict) and "cli" in s:
         lines += [
