@@ -87,7 +87,7 @@ MULTI_COMMON = --epochs 2.5 --task-sampling-alpha 0.75 --lr 5e-5 --batch-size 32
 TEACHERS = sentiment=$(SENTIMENT_MODEL) emotion=runs/single-emotion hate=runs/single-hate irony=runs/single-irony offensive=runs/single-offensive
 TRAIN_MULTI = $(BIN)/sentistream train --tasks $(TASKS) --teachers $(TEACHERS) --output runs/multi-v3 $(MULTI_COMMON)
 ADAPT = $(BIN)/sentistream adapt $(DATA)/stream/tweets.jsonl $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --exclude-val $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --output runs/mlm-tweets --steps 1000 --head-steps 100 --batch-size 64 --lr 5e-5 --max-length 64 --seed 42 --threads 2
-DISTILL = $(BIN)/sentistream distill runs/multi-v3 --output runs/student-v3 --unlabeled $(DATA)/stream/tweets.jsonl --max-unlabeled 40000 --task-teachers sentiment=$(SENTIMENT_MODEL) --layers 0,2,4 --epochs 1.5 --lr 1e-4 --batch-size 32 --seed 42 --threads 2
+DISTILL = $(BIN)/sentistream distill runs/multi-v3 --output runs/student-v3 --unlabeled $(DATA)/stream/tweets.jsonl --max-unlabeled 40000 --task-teachers sentiment=$(SENTIMENT_MODEL) --layers auto --epochs 1.5 --lr 1e-4 --batch-size 32 --seed 42 --threads 2
 TRAIN_REVIEWS = $(BIN)/sentistream train --tasks reviews=$(DATA)/sst2/train.tsv,$(DATA)/imdb/train.csv@4000 --label-names negative,positive --output runs/reviews-v1 --epochs 1.5 --lr 5e-5 --batch-size 32 --max-length 256 --truncation head_tail --seed 42 --threads 2 --resume
 
 train-single:  ## single-task fine-tunes: multi-task teachers and the comparison baselines

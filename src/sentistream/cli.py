@@ -571,9 +571,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-unlabeled", type=int)
     p.add_argument(
         "--layers",
-        type=lambda v: [int(x) for x in v.split(",") if x],
-        help="teacher layers the student keeps, e.g. 0,2,4",
+        type=lambda v: [] if v == "auto" else [int(x) for x in v.split(",") if x],
+        help="teacher layers the student keeps, e.g. 0,2,4; 'auto': the --student-layers subset "
+        "whose untrained student scores best on validation",
     )
+    p.add_argument("--student-layers", type=int, help="layers kept with --layers auto")
     p.add_argument("--temperature", type=float)
     p.add_argument("--hard-weight", type=float, help="weight of the gold-label loss (0..1)")
     p.add_argument("--epochs", type=float)

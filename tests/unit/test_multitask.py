@@ -354,6 +354,41 @@ def test_distillation_student_learns_from_teacher(
     assert meta["distilled_from"] == [str(multitask), f"irony={multitask}"]
 
 
+def test_layer_search_scores_every_subset_and_keeps_the_best(
+    multitask: Path, two_tasks: dict[str, Path], tmp_path: Path
+) -> None:
+    from sentistream.training.distill import DistillConfig, distill, pick_layers
+    from sentistream.training.finetune import FinetuneConfig, load_tasks
+    from sentistream.training.model import load_checkpoint
+
+    teacher, tokenizer, _ = load_checkpoint(multitask)
+    cfg = FinetuneConfig(
+        tasks=[f"{n}={p}" for n, p in two_tasks.items()], output=tmp_path, max_length=32
+    )
+    tasks = load_tasks(cfg, tokenizer)
+    layers, scores = pick_layers(teacher, tasks, 2, torch.device("cpu"))
+    assert len(scores) == 6  # C(4, 2)
+    assert scores[",".join(map(str, layers))] == max(scores.values())
+    with pytest.raises(ValueError):
+        pick_layers(teacher, tasks, 4, torch.device("cpu"))
+    out = distill(
+        DistillConfig(
+            teachers=[multitask],
+            output=tmp_path / "auto",
+            layers=None,
+            student_layers=2,
+            epochs=1,
+            batch_size=16,
+            eval_every=5,
+            threads=1,
+            bf16=False,
+        )
+    )
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["student_layers"] == layers and len(meta["layer_search"]) == 6
+    assert meta["backbone"]["num_hidden_layers"] == 2
+
+
 def test_a_task_teacher_joins_the_ensemble_mean() -> None:
     from sentistream.training.distill import join_ensemble
 

@@ -18,6 +18,7 @@ selection and the checkpoint format are those of ``sentistream train``.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import random
@@ -47,7 +48,14 @@ from sentistream.training.model import MultiTaskModel, load_checkpoint, save_che
 from sentistream.training.teachers import parse_teacher_specs, teacher_probabilities
 from sentistream.training.unlabeled import load_unlabeled, validation_texts
 
-__all__ = ["DistillConfig", "distill", "distillation_loss", "join_ensemble", "shrink_encoder"]
+__all__ = [
+    "DistillConfig",
+    "distill",
+    "distillation_loss",
+    "join_ensemble",
+    "pick_layers",
+    "shrink_encoder",
+]
 
 
 class DistillConfig(BaseModel):
@@ -62,8 +70,15 @@ class DistillConfig(BaseModel):
     output: Path = Field(description="student checkpoint folder to write")
     unlabeled: list[Path] = Field(default_factory=list, description="JSONL/text of extra tweets")
     max_unlabeled: int | None = Field(40_000, description="sample of unlabeled texts to use")
-    layers: list[int] = Field(
-        default_factory=lambda: [0, 2, 4], description="teacher layers the student keeps"
+    layers: list[int] | None = Field(
+        default_factory=lambda: [0, 2, 4],
+        description="teacher layers the student keeps; None: search (see student_layers)",
+    )
+    student_layers: int = Field(
+        3,
+        ge=1,
+        description="with layers=None: keep this many layers, the subset whose untrained "
+        "student scores best on (a sample of) validation",
     )
     temperature: float = Field(2.0, gt=0)
     hard_weight: float = Field(0.2, ge=0, le=1, description="weight of the gold-label loss")
@@ -79,6 +94,35 @@ class DistillConfig(BaseModel):
     device: str = "auto"
     threads: int | None = None
     max_train_examples: int | None = Field(None, description="per task (smoke tests)")
+
+
+def pick_layers(
+    teacher: MultiTaskModel,
+    tasks: list[TaskData],
+    k: int,
+    device: torch.device,
+    per_task: int = 500,
+) -> tuple[list[int], dict[str, float]]:
+    """The ``k``-layer subset of the teacher whose student, before any training (teacher heads
+    on the kept layers), has the best mean official validation score over the first
+    ``per_task`` validation texts of every task. Returns it and every subset's score."""
+    n = int(teacher.encoder.config.num_hidden_layers)
+    if not 0 < k < n:
+        raise ValueError(f"student_layers must be in 1..{n - 1}, got {k}")
+    sample = [
+        TaskData(t.name, t.labels, [], [], t.val_ids[:per_task], t.val_y[:per_task], t.source)
+        for t in tasks
+    ]
+    scores: dict[str, float] = {}
+    for subset in itertools.combinations(range(n), k):
+        probe = MultiTaskModel(shrink_encoder(teacher.encoder, list(subset)), teacher.tasks)
+        probe.heads.load_state_dict(teacher.heads.state_dict())
+        reports = evaluate_tasks(probe.to(device), sample, device, bf16=False)
+        scores[",".join(map(str, subset))] = round(
+            float(np.mean([r["official_score"] for r in reports.values()])), 5
+        )
+    best = max(scores, key=lambda key: scores[key])
+    return [int(i) for i in best.split(",")], scores
 
 
 def shrink_encoder(encoder: Any, layers: list[int]) -> Any:
@@ -247,8 +291,19 @@ def distill(config: DistillConfig) -> Path:
         evaluate_tasks(teachers[0], tasks, device, bf16=False) if len(teachers) == 1 else {}
     )
 
+    layer_search: dict[str, float] = {}
+    layers = config.layers
+    if not layers:
+        ts = time.perf_counter()
+        layers, layer_search = pick_layers(teachers[0], tasks, config.student_layers, device)
+        print(
+            f"layer search ({len(layer_search)} subsets, {time.perf_counter() - ts:.0f}s): "
+            f"keeping {layers}; "
+            + " ".join(f"{k}={v:.4f}" for k, v in sorted(layer_search.items())),
+            flush=True,
+        )
     student = MultiTaskModel(
-        shrink_encoder(teachers[0].encoder, config.layers),
+        shrink_encoder(teachers[0].encoder, layers),
         teachers[0].tasks,
         dropout=float(meta.get("dropout", 0.1)),
     )
@@ -346,8 +401,9 @@ def distill(config: DistillConfig) -> Path:
         "distilled_from": [str(p) for p in config.teachers]
         + [f"{t}={p}" for t, p in parse_teacher_specs(config.task_teachers).items()],
         "teacher_val_metrics": teacher_reports,
-        "student_layers": config.layers,
-        "backbone": {**meta.get("backbone", {}), "num_hidden_layers": len(config.layers)},
+        "student_layers": layers,
+        **({"layer_search": layer_search} if layer_search else {}),
+        "backbone": {**meta.get("backbone", {}), "num_hidden_layers": len(layers)},
         "transfer_set": {
             "labelled_texts": n_labelled,
             "unlabeled_texts": len(extra),

@@ -372,6 +372,7 @@ def export(config: ExportConfig) -> Path:
                     "distilled_from",
                     "teacher_val_metrics",
                     "student_layers",
+                    "layer_search",
                     "transfer_set",
                     "teachers",
                     "teacher_annealing",
