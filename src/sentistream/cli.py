@@ -558,7 +558,15 @@ def _parser() -> argparse.ArgumentParser:
         "distill", help="train a smaller student on a teacher's soft labels ([train] extra)"
     )
     p.add_argument(
-        "teachers", type=Path, nargs="+", help="teacher checkpoint(s); several = ensemble"
+        "teachers",
+        type=Path,
+        nargs="+",
+        help="teacher checkpoint(s) or model folder(s) (e.g. a shipped model); several = ensemble",
+    )
+    p.add_argument(
+        "--student-base",
+        help="with model-folder teachers: backbone whose layers the student starts from "
+        "(default: the teachers' base model)",
     )
     p.add_argument("--output", type=Path, required=True, help="student checkpoint folder")
     p.add_argument("--unlabeled", type=Path, nargs="+", help="JSONL/text files of extra tweets")

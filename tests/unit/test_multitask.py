@@ -389,6 +389,52 @@ def test_layer_search_scores_every_subset_and_keeps_the_best(
     assert meta["backbone"]["num_hidden_layers"] == 2
 
 
+def test_distillation_from_a_served_model_folder(
+    multitask: Path, two_tasks: dict[str, Path], tiny_backbone: Path, tmp_path: Path
+) -> None:
+    """A shipped model (ONNX + manifest, no torch weights) teaches a student that starts from
+    the base backbone's layers with fresh heads."""
+    from sentistream.training.distill import DistillConfig, distill, manifest_meta
+    from sentistream.training.export import ExportConfig, export
+    from sentistream.training.model import load_checkpoint
+
+    folder = export(
+        ExportConfig(checkpoint=multitask, output=tmp_path / "toy" / "1", min_agreement=0.8)
+    )
+    meta, labels = manifest_meta(folder)
+    assert list(labels) == ["sentiment", "irony"] and labels["irony"] == ["non_irony", "irony"]
+    assert set(meta["task_data"]) == {"sentiment", "irony"} and meta["max_length"] == 32
+
+    cfg = dict(
+        teachers=[folder],
+        student_base=str(tiny_backbone),
+        layers=[0, 1],
+        epochs=6,
+        batch_size=16,
+        lr=3e-3,
+        eval_every=10,
+        threads=1,
+        bf16=False,
+    )
+    with pytest.raises(ValueError, match="layers"):
+        distill(DistillConfig(**{**cfg, "layers": None, "output": tmp_path / "x"}))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a mix"):
+        distill(
+            DistillConfig(**{**cfg, "teachers": [folder, multitask], "output": tmp_path / "y"})  # type: ignore[arg-type]
+        )
+    out = distill(DistillConfig(**{**cfg, "output": tmp_path / "student"}))  # type: ignore[arg-type]
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["loss_end"] < meta["loss_start"]
+    assert meta["val_metrics"]["sentiment"]["official_score"] >= 0.7
+    assert meta["base_model"] == str(tiny_backbone)
+    assert set(meta["teacher_val_metrics"]) == {"sentiment", "irony"}  # the manifest's figures
+    student, _, _ = load_checkpoint(out)
+    assert len(student.encoder.encoder.layer) == 2
+    assert student.task_names == ["sentiment", "irony"]
+    logits = np.load(out / "teacher_logits.npz")["logits_sentiment"]
+    assert logits.shape[1] == 3 and np.all(logits <= 0)  # log-probabilities of the ONNX teacher
+
+
 def test_a_task_teacher_joins_the_ensemble_mean() -> None:
     from sentistream.training.distill import join_ensemble
 

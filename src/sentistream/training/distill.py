@@ -3,6 +3,9 @@
 Teacher: one fine-tuned (multi-task) checkpoint, or several averaged as an ensemble (their
 probabilities are averaged); ``task_teachers`` add a model for one task only (a training
 checkpoint or a served model folder, e.g. a single-task specialist) to that task's average.
+The teachers may instead be served model folders (``model.onnx`` + ``manifest.json``, e.g. a
+shipped model): they are scored with ONNX Runtime and, having no torch weights to copy, the
+student starts from ``student_base`` (default: the teacher's base model) with fresh heads.
 Transfer set: every task's labelled training texts plus unlabeled
 tweets (validation texts excluded). The teacher scores every text for every task once (cached in
 ``<output>/teacher_logits.npz``); the student - the teacher's encoder with a subset of its
@@ -31,6 +34,7 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
+from sentistream.training.backbone import load_backbone
 from sentistream.training.data import fingerprint
 from sentistream.training.finetune import (
     IGNORE,
@@ -52,7 +56,9 @@ __all__ = [
     "DistillConfig",
     "distill",
     "distillation_loss",
+    "is_model_folder",
     "join_ensemble",
+    "manifest_meta",
     "pick_layers",
     "shrink_encoder",
 ]
@@ -61,7 +67,14 @@ __all__ = [
 class DistillConfig(BaseModel):
     """Everything that determines a distillation run (saved inside the checkpoint)."""
 
-    teachers: list[Path] = Field(description="teacher checkpoint folder(s); several = ensemble")
+    teachers: list[Path] = Field(
+        description="teacher checkpoint folder(s) or model folder(s); several = ensemble"
+    )
+    student_base: str | None = Field(
+        None,
+        description="with model-folder teachers: the backbone the student's layers come from "
+        "(default: the teachers' base model)",
+    )
     task_teachers: list[str] = Field(
         default_factory=list,
         description="TASK=FOLDER: an extra teacher for one task (checkpoint or model folder), "
@@ -170,6 +183,71 @@ def _teacher_logits(
     return out
 
 
+def is_model_folder(path: Path) -> bool:
+    """A served model folder (ONNX + manifest) rather than a training checkpoint."""
+    return (path / "manifest.json").exists() and (path / "model.onnx").exists()
+
+
+def manifest_meta(folder: Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Checkpoint-style metadata (lengths, cleaning, task data, seed, backbone) and the task
+    labels of a model folder, from its manifest."""
+    from sentistream.manifest import load_manifest
+
+    manifest = load_manifest(folder)
+    raw = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    training = raw.get("training") or {}
+    task_data = dict(training.get("task_data") or {})
+    if not task_data and manifest.training_data.get("path"):
+        task_data = {manifest.primary_task: {"path": manifest.training_data["path"]}}
+    if not task_data:
+        raise ValueError(f"{folder}: the manifest names no training data to distill on")
+    cfg = training.get("config") or {}
+    meta = {
+        "kind": "sentistream-checkpoint",
+        "task": manifest.primary_task,
+        "primary_task": manifest.primary_task,
+        "max_length": manifest.max_length,
+        "truncation": manifest.truncation,
+        "max_chars": manifest.max_chars,
+        "cleaning_version": manifest.cleaning_version,
+        "dropout": float(cfg.get("dropout", 0.1)),
+        "base_model": manifest.base_model,
+        "backbone": raw.get("backbone") or {},
+        "data": task_data[manifest.primary_task]["path"],
+        "data_fingerprint": task_data[manifest.primary_task].get("fingerprint"),
+        "task_data": task_data,
+        "training_config": {"seed": int(cfg.get("seed", 42))},
+        "validation": (raw.get("metrics") or {}).get("validation") or {},
+    }
+    # the primary task first, as the exported model lists it
+    order = [manifest.primary_task] + [t for t in manifest.tasks if t != manifest.primary_task]
+    return meta, {t: list(manifest.tasks[t].labels) for t in order}
+
+
+def _model_folder_ensemble(
+    folders: list[Path], names: list[str], texts: list[str]
+) -> list[np.ndarray[Any, Any]]:
+    """Ensemble logits (log mean probability) of model-folder teachers, every task, one ONNX
+    pass per teacher over the (cleaned) texts."""
+    from tokenizers import Tokenizer
+
+    from sentistream.manifest import load_manifest
+    from sentistream.training.finetune import encode_texts
+    from sentistream.training.quantize import run_onnx
+
+    sums: list[np.ndarray[Any, Any]] = []
+    for folder in folders:
+        manifest = load_manifest(folder)
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tokenizer.no_padding()
+        ids = encode_texts(tokenizer, texts, manifest.max_length, manifest.truncation)
+        pad = next((p for p in map(tokenizer.token_to_id, ("[PAD]", "<pad>")) if p is not None), 0)
+        outs = run_onnx(folder / "model.onnx", ids, [manifest.tasks[n].output for n in names], pad)
+        probs = [_softmax(np.asarray(o, dtype=np.float32)) for o in outs]
+        sums = probs if not sums else [a + b for a, b in zip(sums, probs, strict=True)]
+    return [np.log(np.clip(p / len(folders), 1e-9, 1.0)).astype(np.float32) for p in sums]
+
+
 def join_ensemble(
     logits: np.ndarray[Any, Any], n_models: int, probs: np.ndarray[Any, Any]
 ) -> np.ndarray[Any, Any]:
@@ -203,19 +281,40 @@ def distill(config: DistillConfig) -> Path:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     config = config.model_copy(update={"bf16": resolve_bf16(config.bf16, device)})
-    loaded = [load_checkpoint(path) for path in config.teachers]
-    teachers = [m for m, _, _ in loaded]
-    _, tokenizer, meta = loaded[0]
-    for m in teachers[1:]:
-        if m.tasks != teachers[0].tasks:
-            raise ValueError("ensemble teachers must have the same tasks and labels")
+    onnx_teachers = [is_model_folder(p) for p in config.teachers]
+    if any(onnx_teachers) and not all(onnx_teachers):
+        raise ValueError("teachers: give training checkpoints or model folders, not a mix")
+    teachers: list[MultiTaskModel] = []
+    if all(onnx_teachers):
+        if not config.layers:
+            raise ValueError(
+                "--layers auto scores the teacher's own layers and heads; model-folder "
+                "teachers have no torch weights: give the layers, e.g. --layers 0,2,4"
+            )
+        meta, task_labels = manifest_meta(config.teachers[0])
+        for path in config.teachers[1:]:
+            if manifest_meta(path)[1] != task_labels:
+                raise ValueError("ensemble teachers must have the same tasks and labels")
+        base = config.student_base or str(meta["base_model"])
+        base_encoder, tokenizer, source = load_backbone(base)
+        meta = {**meta, "base_model": base, "base_model_source": source}
+    else:
+        loaded = [load_checkpoint(path) for path in config.teachers]
+        teachers = [m for m, _, _ in loaded]
+        _, tokenizer, meta = loaded[0]
+        task_labels = teachers[0].tasks
+        for m in teachers[1:]:
+            if m.tasks != task_labels:
+                raise ValueError("ensemble teachers must have the same tasks and labels")
+        base_encoder = teachers[0].encoder
+        del loaded
     max_length, max_chars = int(meta["max_length"]), int(meta.get("max_chars", 1000))
     truncation = str(meta.get("truncation", "head"))
     tokenizer.no_padding()
     task_paths = {
         name: Path(info["path"]) for name, info in (meta.get("task_data") or {}).items()
     } or {meta["primary_task"]: Path(meta["data"])}
-    names = teachers[0].task_names
+    names = list(task_labels)
     t0 = time.perf_counter()
 
     # Transfer set: labelled train texts of every task, then unlabeled tweets.
@@ -243,7 +342,7 @@ def distill(config: DistillConfig) -> Path:
             tokenizer, [clean_or_empty(t, max_chars) for t in val.texts], max_length, truncation
         )
         tasks.append(
-            TaskData(name, teachers[0].tasks[name], [], [], val_ids, val.labels, task_paths[name])
+            TaskData(name, task_labels[name], [], [], val_ids, val.labels, task_paths[name])
         )
     n_labelled = len(texts)
     exclude = validation_texts(task_paths.values(), max_chars) | set(index)
@@ -271,7 +370,11 @@ def distill(config: DistillConfig) -> Path:
         print("teacher logits: cached", flush=True)
     else:
         ts = time.perf_counter()
-        t_logits = _teacher_logits(teachers, ids, device, bool(config.bf16))
+        t_logits = (
+            _teacher_logits(teachers, ids, device, bool(config.bf16))
+            if teachers
+            else _model_folder_ensemble(config.teachers, names, texts)
+        )
         config.output.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {"key": np.asarray(json.dumps(key))}
         arrays.update({f"logits_{n}": v for n, v in zip(names, t_logits, strict=True)})
@@ -283,13 +386,16 @@ def distill(config: DistillConfig) -> Path:
             raise ValueError(f"task teacher for {task!r}: the teachers have {names}")
         k = names.index(task)
         probs = teacher_probabilities(
-            folder, task, teachers[0].tasks[task], texts, max_length, config.output
+            folder, task, task_labels[task], texts, max_length, config.output
         )
         t_logits[k] = join_ensemble(t_logits[k], len(teachers), probs)
         print(f"task teacher {folder} joins the {task} ensemble", flush=True)
-    teacher_reports = (
-        evaluate_tasks(teachers[0], tasks, device, bf16=False) if len(teachers) == 1 else {}
-    )
+    teacher_reports: dict[str, Any] = {}
+    if len(teachers) == 1:
+        teacher_reports = evaluate_tasks(teachers[0], tasks, device, bf16=False)
+    elif len(config.teachers) == 1 and not teachers:  # the model folder's own int8 figures
+        validation = manifest_meta(config.teachers[0])[0].get("validation") or {}
+        teacher_reports = {t: r["int8"] for t, r in validation.items() if "int8" in r}
 
     layer_search: dict[str, float] = {}
     layers = config.layers
@@ -303,13 +409,14 @@ def distill(config: DistillConfig) -> Path:
             flush=True,
         )
     student = MultiTaskModel(
-        shrink_encoder(teachers[0].encoder, layers),
-        teachers[0].tasks,
+        shrink_encoder(base_encoder, layers),
+        task_labels,
         dropout=float(meta.get("dropout", 0.1)),
     )
-    student.heads.load_state_dict(teachers[0].heads.state_dict())
+    if teachers:  # the teacher's heads; model-folder teachers: fresh heads on the base layers
+        student.heads.load_state_dict(teachers[0].heads.state_dict())
     student.to(device)
-    del teachers, loaded
+    del teachers, base_encoder
 
     y = torch.tensor(labels, dtype=torch.long)
     soft = [
@@ -395,7 +502,7 @@ def distill(config: DistillConfig) -> Path:
         **{
             k: v
             for k, v in meta.items()
-            if k not in {"tasks", "history", "val_metrics", "training_config"}
+            if k not in {"tasks", "history", "val_metrics", "training_config", "validation"}
         },
         "kind": "sentistream-checkpoint",
         "distilled_from": [str(p) for p in config.teachers]
