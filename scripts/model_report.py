@@ -52,6 +52,11 @@ def _int8(manifest: dict[str, Any], task: str) -> float | None:
     return float(r["int8"]["official_score"]) if "int8" in r else None
 
 
+def _fp32(manifest: dict[str, Any], task: str) -> float | None:
+    r = manifest.get("metrics", {}).get("validation", {}).get(task, {})
+    return float(r["fp32"]["official_score"]) if "fp32" in r else None
+
+
 def build(
     runs: Path, v1: Path, teacher: Path, student: Path, bench: Path | None, names: dict[str, str]
 ) -> dict[str, Any]:
@@ -73,8 +78,15 @@ def build(
             "student_fp32": _score(distilled, t),
             "teacher_int8": _int8(t_manifest, t),
             "student_int8": _int8(s_manifest, t),
+            "teacher_fp32": _fp32(t_manifest, t),
+            "student_manifest_fp32": _fp32(s_manifest, t),
         }
     out["teacher"] = {"model": f"{t_manifest['name']}:{t_manifest['version']}"}
+    if v1_manifest:
+        out["default"] = {
+            "model": f"{v1_manifest['name']}:{v1_manifest['version']}",
+            "sentiment_int8": _int8(v1_manifest, "sentiment"),
+        }
     out["student"] = {
         "model": f"{s_manifest['name']}:{s_manifest['version']}",
         "layers": s_manifest.get("training", {}).get("student_layers"),
@@ -84,6 +96,10 @@ def build(
     }
     if bench and bench.exists():
         out["speed"] = json.loads(bench.read_text())
+    probe = ROOT / "benchmarks/results/layer-probe.json"
+    if probe.exists():
+        out["layer_probe"] = json.loads(probe.read_text())
+    out["has_multi_run"] = multi is not None
     adaptation = runs / "mlm-tweets" / "adaptation.json"
     if adaptation.exists():
         out["adaptation"] = json.loads(adaptation.read_text())
@@ -131,7 +147,7 @@ def _mlm_section(r: dict[str, Any]) -> str | None:
         if rows[t]["single_task_mlm_fp32"] is not None
     ]
     if not pairs:
-        return None
+        return _ablation_file_section()
     ad = r.get("adaptation", {})
     cfg = ad.get("config", {})
     lines = [
@@ -163,6 +179,34 @@ def _mlm_section(r: dict[str, Any]) -> str | None:
     return "\n".join(lines)
 
 
+def _ablation_file_section() -> str | None:
+    """The adaptation ablation from its committed result file (when the runs are not here)."""
+    file = ROOT / "benchmarks/results/adaptation-ablation.json"
+    if not file.exists():
+        return None
+    ab = json.loads(file.read_text())
+    cfg = ab["adaptation"]
+    lines = [
+        "Continued masked-language-model pretraining of the backbone on unlabeled tweets and the",
+        f"training texts (validation texts excluded; {cfg['steps']} steps of "
+        f"{cfg['batch_size']}, MLM loss {cfg['mlm_loss_start']} -> {cfg['mlm_loss_end']}; "
+        "`make adapt-tweets`), then the same single-task fine-tune from the adapted encoder",
+        "(`make train-single-mlm`) against one from the original backbone (`make train-single`),",
+        f"on the three smallest tasks; measured {ab['measured']}",
+        "(`benchmarks/results/adaptation-ablation.json`):",
+        "",
+        "| task | metric | original backbone | MLM-adapted backbone | change (points) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for t, x in ab["tasks"].items():
+        lines.append(
+            f"| {t} | {x['metric']} | {_fmt(x['original'])} | {_fmt(x['adapted'])} | "
+            f"{_delta(x['original'], x['adapted'])} |"
+        )
+    lines += ["", f"Mean change {ab['mean_change_points']:+.2f} points: {ab['verdict']}."]
+    return "\n".join(lines)
+
+
 def _student_section(r: dict[str, Any]) -> str | None:
     rows = r["tasks"]
     if all(x["student_int8"] is None for x in rows.values()):
@@ -170,13 +214,27 @@ def _student_section(r: dict[str, Any]) -> str | None:
     st = r["student"]
     ts = st.get("transfer_set") or {}
     search = st.get("layer_search") or {}
+    probe = r.get("layer_probe") or {}
+    teachers = ", ".join(f"`{t}`" for t in st.get("distilled_from") or [])
+    if search:
+        how = (
+            f"the teacher's layers {st['layers']}, the subset whose untrained student scored "
+            f"best of {len(search)} subsets on a validation sample"
+        )
+    else:
+        how = f"layers {st['layers']} of the base backbone, fresh heads"
+        if probe:
+            how += (
+                f"; the layers a linear probe ranks best of {len(probe['scores']) - 1} "
+                f"{len(st['layers'] or [])}-layer subsets (`scripts/probe_layers.py`: "
+                f"{probe['best']} scores {probe['scores'][probe['best']]:.3f} sentiment "
+                f"macro-recall, all 6 layers {probe['scores'].get('0,1,2,3,4,5', 'n/a')})"
+            )
     lines = [
         f"Teacher `{r['teacher']['model']}` (6 layers) and student `{st['model']}` "
-        f"({len(st['layers'] or [])} layers: the teacher's layers {st['layers']}, the subset",
-        f"whose untrained student scored best of {len(search) or 'the'} subsets on a validation",
-        "sample), distilled on the teacher's soft labels (sentiment: the teacher and the",
-        "shipped single-task sentiment model averaged) over "
-        f"{ts.get('labelled_texts', 'n/a')} labelled and {ts.get('unlabeled_texts', 'n/a')}",
+        f"({len(st['layers'] or [])} layers: {how}).",
+        f"Distilled from {teachers} (several for one task: their probabilities averaged) over "
+        f"{ts.get('labelled_texts', 'n/a')} labelled and {ts.get('unlabeled_texts', 'n/a')} "
         "unlabeled tweets (`make distill-student`). Validation official metric per task:",
         "",
         "| task | teacher fp32 | student fp32 | teacher int8 | student int8 | change int8 |",
@@ -185,9 +243,24 @@ def _student_section(r: dict[str, Any]) -> str | None:
     for t, x in rows.items():
         a, b = x["teacher_int8"], x["student_int8"]
         lines.append(
-            f"| {t} | {_fmt(x['multi_task_fp32'])} | {_fmt(x['student_fp32'])} | {_fmt(a)} | "
-            f"{_fmt(b)} | {_delta(a, b)} |"
+            f"| {t} | {_fmt(x['teacher_fp32'])} | {_fmt(x['student_manifest_fp32'])} | "
+            f"{_fmt(a)} | {_fmt(b)} | {_delta(a, b)} |"
         )
+    default = r.get("default") or {}
+    best, student = default.get("sentiment_int8"), rows["sentiment"]["student_int8"]
+    if best is not None and student is not None:
+        verdict = (
+            "it is within 1 point, so the student is the default model"
+            if student >= best - 0.01
+            else "it loses more than 1 point, so the default stays and the student ships as a "
+            "second, faster model"
+        )
+        lines += [
+            "",
+            f"Default model rule (best speed for at most 1 point of sentiment macro-recall): "
+            f"student {_fmt(student)} vs the default `{default['model']}` {_fmt(best)} int8 "
+            f"({_delta(best, student)} points): {verdict}.",
+        ]
     return "\n".join(lines)
 
 
@@ -222,10 +295,9 @@ def sections(r: dict[str, Any]) -> list[dict[str, str]]:
     eda += [
         f"- TweetEval {t}: [docs/eda/tweeteval-{t}]({EDA}/tweeteval-{t}/README.md)" for t in TASKS
     ]
-    out = [
-        {"title": "Data (EDA)", "markdown": "\n".join(eda)},
-        {"title": "Multi-task vs single-task", "markdown": _multi_section(r)},
-    ]
+    out = [{"title": "Data (EDA)", "markdown": "\n".join(eda)}]
+    if r.get("has_multi_run"):
+        out.append({"title": "Multi-task vs single-task", "markdown": _multi_section(r)})
     for title, body in (
         ("Domain adaptation (MLM on tweets)", _mlm_section(r)),
         ("Teacher vs student", _student_section(r)),
@@ -234,6 +306,16 @@ def sections(r: dict[str, Any]) -> list[dict[str, str]]:
         if body:
             out.append({"title": title, "markdown": body})
     return out
+
+
+def merge_sections(
+    committed: list[dict[str, str]], fresh: list[dict[str, str]]
+) -> list[dict[str, str]]:
+    """Fresh sections replace committed ones of the same title; committed sections whose
+    inputs are gone (e.g. a training run not kept) stay as they were."""
+    by_title = {x["title"]: x for x in fresh}
+    out = [by_title.pop(x["title"], x) for x in committed]
+    return out + [x for x in fresh if x["title"] in by_title]
 
 
 def main() -> None:
@@ -257,7 +339,7 @@ def main() -> None:
     secs = sections(report)
     for folder in (args.teacher, args.student):
         manifest = json.loads((folder / "manifest.json").read_text())
-        manifest["report_sections"] = secs
+        manifest["report_sections"] = merge_sections(manifest.get("report_sections") or [], secs)
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         load_manifest(folder)
         (folder / "README.md").write_text(render_model_card(manifest))

@@ -30,7 +30,7 @@ def _clf(model: str):  # type: ignore[no-untyped-def]
     return load_classifier(Settings(model=model, intra_op_threads=1))
 
 
-@pytest.mark.parametrize("name", ["tweet-multitask", "reviews"])
+@pytest.mark.parametrize("name", ["tweet-multitask", "tweet-multitask-fast", "reviews"])
 def test_shipped_manifest_is_complete(name: str) -> None:
     folder = _newest(name)
     manifest = load_manifest(folder)
@@ -44,6 +44,27 @@ def test_shipped_manifest_is_complete(name: str) -> None:
     card = (folder / "README.md").read_text()
     assert "## Calibration" in card and raw["training_command"] in card
     assert (folder / "model.onnx").stat().st_size < 40e6
+
+
+def test_distilled_student_is_smaller_and_follows_its_teacher() -> None:
+    """tweet-multitask-fast: 3 of the teacher's 6 layers, the same tasks and labels, and on the
+    bundled sample posts the same answers as the teacher for most posts on every task."""
+    teacher, student = _clf("tweet-multitask"), _clf("tweet-multitask-fast")
+    raw = json.loads((_newest("tweet-multitask-fast") / "manifest.json").read_text())
+    assert raw["backbone"]["num_hidden_layers"] == 3
+    assert raw["training"]["distilled_from"][0].endswith("tweet-multitask/1")
+    assert student.tasks == teacher.tasks and student.primary_task == "sentiment"
+    assert (_newest("tweet-multitask-fast") / "model.onnx").stat().st_size < 0.7 * (
+        _newest("tweet-multitask") / "model.onnx"
+    ).stat().st_size
+    samples = BUNDLED_MODELS.parent / "samples" / "posts.jsonl"
+    texts = [json.loads(line)["text"] for line in samples.read_text().splitlines() if line]
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    assert len(texts) >= 30
+    a, b = teacher.classify(texts), student.classify(texts)
+    for task in TWEET_TASKS:
+        agree = sum(x.tasks[task].label == y.tasks[task].label for x, y in zip(a, b, strict=True))
+        assert agree / len(texts) >= 0.75, task
 
 
 def test_multitask_model_answers_every_task_in_one_pass() -> None:
@@ -99,4 +120,4 @@ def test_one_server_serves_every_shipped_model() -> None:
     )
     assert set(tweets.json()["results"][0]["tasks"]) == TWEET_TASKS - {"sentiment"}
     names = {row["name"] for row in index.json()}
-    assert {"tweet-sentiment", "tweet-multitask", "reviews"} <= names
+    assert {"tweet-sentiment", "tweet-multitask", "tweet-multitask-fast", "reviews"} <= names

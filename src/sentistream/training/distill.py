@@ -216,6 +216,8 @@ def manifest_meta(folder: Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
         "data": task_data[manifest.primary_task]["path"],
         "data_fingerprint": task_data[manifest.primary_task].get("fingerprint"),
         "task_data": task_data,
+        "train_examples": sum(int(x.get("train_examples") or 0) for x in task_data.values()),
+        "val_examples": sum(int(x.get("val_examples") or 0) for x in task_data.values()),
         "training_config": {"seed": int(cfg.get("seed", 42))},
         "validation": (raw.get("metrics") or {}).get("validation") or {},
     }
