@@ -88,7 +88,7 @@ TEACHERS = sentiment=$(SENTIMENT_MODEL) emotion=runs/single-emotion hate=runs/si
 TRAIN_MULTI = $(BIN)/sentistream train --tasks $(TASKS) --teachers $(TEACHERS) --output runs/multi-v3 $(MULTI_COMMON)
 ADAPT = $(BIN)/sentistream adapt $(DATA)/stream/tweets.jsonl $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --exclude-val $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --output runs/mlm-tweets --steps 1000 --head-steps 100 --batch-size 64 --lr 5e-5 --max-length 64 --seed 42 --threads 2
 DISTILL = $(BIN)/sentistream distill $(MODELS_DIR)/tweet-multitask/1 --output runs/student-v3 --unlabeled $(DATA)/stream/tweets.jsonl --max-unlabeled 40000 --task-teachers sentiment=$(SENTIMENT_MODEL) --layers 0,1,2 --epochs 1.2 --lr 1e-4 --batch-size 32 --seed 42 --threads 2
-TRAIN_REVIEWS = $(BIN)/sentistream train --tasks reviews=$(DATA)/sst2/train.tsv,$(DATA)/imdb/train.csv@4000 --label-names negative,positive --output runs/reviews-v1 --epochs 1.5 --lr 5e-5 --batch-size 32 --max-length 256 --truncation head_tail --seed 42 --threads 2 --resume
+TRAIN_REVIEWS = $(BIN)/sentistream train --tasks reviews=$(DATA)/sst2/train.tsv,$(DATA)/imdb/train.csv@6000 --label-names negative,positive --output runs/reviews-v2 --epochs 1.5 --lr 5e-5 --batch-size 32 --max-length 256 --max-chars 8000 --truncation head_tail --seed 42 --threads 2 --resume
 
 train-single:  ## single-task fine-tunes: multi-task teachers and the comparison baselines
 	for t in irony emotion hate offensive; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --output runs/single-$$t $(TRAIN_COMMON) || exit 1; done
@@ -110,13 +110,13 @@ train-reviews:  ## binary reviews model on SST-2 + IMDB (head+tail truncation)
 
 MODELS_DIR = src/sentistream/models
 export-multitask:  ## int8 export of the multi-task model (every task verified and calibrated)
-	$(BIN)/sentistream export runs/multi-v2 --output $(MODELS_DIR)/tweet-multitask/1 --name tweet-multitask --version 1 --verify-data $(TE)/sentiment --description "One encoder (all-MiniLM-L6-v2, 6 layers), five TweetEval heads: sentiment, emotion, hate, irony, offensive." --command-line "$(TRAIN_MULTI:$(BIN)/%=%)"
+	$(BIN)/sentistream export runs/multi-v3 --output $(MODELS_DIR)/tweet-multitask/2 --name tweet-multitask --version 2 --verify-data $(TE)/sentiment --description "One encoder (all-MiniLM-L6-v2, 6 layers), five TweetEval heads: sentiment, emotion, hate, irony, offensive; single-task teachers annealed to gold labels." --command-line "$(TRAIN_MULTI:$(BIN)/%=%)"
 
 export-student:  ## int8 export of the distilled 3-layer student
 	$(BIN)/sentistream export runs/student-v3 --output $(MODELS_DIR)/tweet-multitask-fast/1 --name tweet-multitask-fast --version 1 --verify-data $(TE)/sentiment --description "3-layer student distilled from tweet-multitask v1 and tweet-sentiment v1: the same five TweetEval tasks at about twice the speed." --command-line "$(DISTILL:$(BIN)/%=%)"
 
 export-reviews:  ## int8 export of the reviews model (SST-2 + IMDB hold-outs verified)
-	$(BIN)/sentistream export runs/reviews-v1 --output $(MODELS_DIR)/reviews/1 --name reviews --version 1 --description "Binary review sentiment (negative/positive) for product and movie reviews: SST-2 + IMDB, head+tail truncation." --command-line "$(TRAIN_REVIEWS:$(BIN)/%=%)"
+	$(BIN)/sentistream export runs/reviews-v2 --output $(MODELS_DIR)/reviews/2 --name reviews --version 2 --description "Binary review sentiment (negative/positive) for product and movie reviews: SST-2 + IMDB, head+tail truncation over the whole review (up to 8000 characters)." --command-line "$(TRAIN_REVIEWS:$(BIN)/%=%)"
 
 eda:  ## EDA reports (Markdown + PNG) of every training set into docs/eda/
 	for t in sentiment emotion hate irony offensive; do $(BIN)/sentistream eda $(TE)/$$t --output docs/eda/tweeteval-$$t --name "TweetEval $$t" || exit 1; done

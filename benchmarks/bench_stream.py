@@ -518,7 +518,8 @@ def main() -> int:
     }
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"{datetime.now(UTC):%Y-%m-%d}-{results['machine']['host']}-stream"
+    tag = "stream" if args.model is None else f"stream-{args.model.replace(':', '-')}"
+    stem = f"{datetime.now(UTC):%Y-%m-%d}-{results['machine']['host']}-{tag}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     m = results["machine"]
     nv = results["naive"]

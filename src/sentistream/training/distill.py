@@ -49,7 +49,11 @@ from sentistream.training.finetune import (
     warmup_linear_decay,
 )
 from sentistream.training.model import MultiTaskModel, load_checkpoint, save_checkpoint
-from sentistream.training.teachers import parse_teacher_specs, teacher_probabilities
+from sentistream.training.teachers import (
+    model_folder_logits,
+    parse_teacher_specs,
+    teacher_probabilities,
+)
 from sentistream.training.unlabeled import load_unlabeled, validation_texts
 
 __all__ = [
@@ -231,20 +235,9 @@ def _model_folder_ensemble(
 ) -> list[np.ndarray[Any, Any]]:
     """Ensemble logits (log mean probability) of model-folder teachers, every task, one ONNX
     pass per teacher over the (cleaned) texts."""
-    from tokenizers import Tokenizer
-
-    from sentistream.manifest import load_manifest
-    from sentistream.training.finetune import encode_texts
-    from sentistream.training.quantize import run_onnx
-
     sums: list[np.ndarray[Any, Any]] = []
     for folder in folders:
-        manifest = load_manifest(folder)
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        tokenizer.no_padding()
-        ids = encode_texts(tokenizer, texts, manifest.max_length, manifest.truncation)
-        pad = next((p for p in map(tokenizer.token_to_id, ("[PAD]", "<pad>")) if p is not None), 0)
-        outs = run_onnx(folder / "model.onnx", ids, [manifest.tasks[n].output for n in names], pad)
+        outs = model_folder_logits(folder, names, texts)
         probs = [_softmax(np.asarray(o, dtype=np.float32)) for o in outs]
         sums = probs if not sums else [a + b for a, b in zip(sums, probs, strict=True)]
     return [np.log(np.clip(p / len(folders), 1e-9, 1.0)).astype(np.float32) for p in sums]

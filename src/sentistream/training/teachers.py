@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["parse_teacher_specs", "teacher_probabilities"]
+__all__ = ["model_folder_logits", "parse_teacher_specs", "teacher_probabilities"]
 
 Array = np.ndarray[Any, Any]
 
@@ -62,7 +62,9 @@ def _checkpoint_logits(
     return np.asarray(logits[model.task_names.index(task)], dtype=np.float32)
 
 
-def _model_folder_logits(folder: Path, task: str, labels: list[str], texts: list[str]) -> Array:
+def model_folder_logits(folder: Path, tasks: list[str], texts: list[str]) -> list[Array]:
+    """Logits of a served model folder (ONNX Runtime) for ``tasks`` over ``texts`` (already
+    cleaned), one pass for every task."""
     from tokenizers import Tokenizer
 
     from sentistream.manifest import load_manifest
@@ -70,14 +72,24 @@ def _model_folder_logits(folder: Path, task: str, labels: list[str], texts: list
     from sentistream.training.quantize import run_onnx
 
     manifest = load_manifest(folder)
-    _check_task(folder, task, labels, {t: s.labels for t, s in manifest.tasks.items()})
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tokenizer.no_padding()
     ids = encode_texts(tokenizer, texts, manifest.max_length, manifest.truncation)
     pads = [tokenizer.token_to_id(t) for t in ("[PAD]", "<pad>")]
     pad_id = next((p for p in pads if p is not None), 0)
-    [logits] = run_onnx(folder / "model.onnx", ids, [manifest.tasks[task].output], pad_id)
-    return np.asarray(logits, dtype=np.float32)
+    outputs = [manifest.tasks[t].output for t in tasks]
+    return [
+        np.asarray(x, dtype=np.float32)
+        for x in run_onnx(folder / "model.onnx", ids, outputs, pad_id)
+    ]
+
+
+def _model_folder_logits(folder: Path, task: str, labels: list[str], texts: list[str]) -> Array:
+    from sentistream.manifest import load_manifest
+
+    manifest = load_manifest(folder)
+    _check_task(folder, task, labels, {t: s.labels for t, s in manifest.tasks.items()})
+    return model_folder_logits(folder, [task], texts)[0]
 
 
 def _check_task(folder: Path, task: str, labels: list[str], have: dict[str, list[str]]) -> None:
