@@ -58,7 +58,12 @@ def _fp32(manifest: dict[str, Any], task: str) -> float | None:
 
 
 def build(
-    runs: Path, v1: Path, teacher: Path, student: Path, bench: Path | None, names: dict[str, str]
+    runs: Path,
+    v1: Path,
+    teacher: Path,
+    student: Path | None,
+    bench: Path | None,
+    names: dict[str, str],
 ) -> dict[str, Any]:
     single = {t: _meta(runs / f"single-{t}") for t in TASKS}
     v1_manifest = json.loads((v1 / "manifest.json").read_text()) if v1.exists() else {}
@@ -67,7 +72,7 @@ def build(
         single["sentiment"] = {"val_metrics": {"sentiment": fp32}}
     multi, distilled = _meta(runs / names["multi"]), _meta(runs / names["student"])
     t_manifest = json.loads((teacher / "manifest.json").read_text())
-    s_manifest = json.loads((student / "manifest.json").read_text())
+    s_manifest = json.loads((student / "manifest.json").read_text()) if student else {}
     out: dict[str, Any] = {"runs": names, "tasks": {}}
     for t in TASKS:
         out["tasks"][t] = {
@@ -88,7 +93,7 @@ def build(
             "sentiment_int8": _int8(v1_manifest, "sentiment"),
         }
     out["student"] = {
-        "model": f"{s_manifest['name']}:{s_manifest['version']}",
+        "model": f"{s_manifest.get('name')}:{s_manifest.get('version')}",
         "layers": s_manifest.get("training", {}).get("student_layers"),
         "layer_search": s_manifest.get("training", {}).get("layer_search"),
         "transfer_set": s_manifest.get("training", {}).get("transfer_set"),
@@ -325,7 +330,9 @@ def main() -> None:
         "--v1", type=Path, default=ROOT / "src/sentistream/models/tweet-sentiment/1"
     )
     parser.add_argument("--teacher", type=Path, required=True, help="teacher model folder")
-    parser.add_argument("--student", type=Path, required=True, help="student model folder")
+    parser.add_argument(
+        "--student", type=Path, help="student model folder (its teacher: --teacher)"
+    )
     parser.add_argument("--multi-run", default="multi-v3", help="multi-task run under --runs")
     parser.add_argument("--student-run", default="student-v3", help="student run under --runs")
     parser.add_argument("--bench", type=Path, help="bench_models.py result JSON")
@@ -337,7 +344,7 @@ def main() -> None:
     report = build(args.runs, args.v1, args.teacher, args.student, args.bench, names)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     secs = sections(report)
-    for folder in (args.teacher, args.student):
+    for folder in [args.teacher] + ([args.student] if args.student else []):
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest["report_sections"] = merge_sections(manifest.get("report_sections") or [], secs)
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

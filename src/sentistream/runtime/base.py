@@ -214,7 +214,10 @@ class Classifier:
 
     def probabilities(self, cleaned: Sequence[str]) -> tuple[dict[str, FloatArray], list[int]]:
         """Per-task probability matrices in input order, and token counts per text."""
-        ids = self.encode(cleaned)
+        return self.probabilities_of_ids(self.encode(cleaned))
+
+    def probabilities_of_ids(self, ids: list[list[int]]) -> tuple[dict[str, FloatArray], list[int]]:
+        """:meth:`probabilities` of texts already encoded by :meth:`encode`."""
         lengths = [len(x) for x in ids]
         probs = {
             t: np.empty((len(ids), len(labels)), dtype=np.float32)
@@ -238,17 +241,20 @@ class Classifier:
         """Predictions for ``rows`` of probability matrices from :meth:`probabilities`."""
         selected = list(tasks)
         primary = self.primary_task if self.primary_task in selected else selected[0]
+        # Python floats once per matrix (the same doubles as float() of each element): the
+        # per-row work below is then plain Python, not numpy scalar access.
+        as_lists = {task: probs[task].tolist() for task in selected}
         out: list[Prediction] = []
         for row in rows if rows is not None else range(len(lengths)):
             per_task: dict[str, TaskPrediction] = {}
             for task in selected:
-                p = probs[task][row]
+                p = as_lists[task][row]
                 labels = self.tasks[task]
-                best = int(p.argmax())
+                best = max(range(len(p)), key=p.__getitem__)  # the first maximum, as argmax
                 per_task[task] = TaskPrediction(
                     label=labels[best],
-                    score=round(float(p[best]), 6),
-                    scores={lab: round(float(v), 6) for lab, v in zip(labels, p, strict=True)},
+                    score=round(p[best], 6),
+                    scores={lab: round(v, 6) for lab, v in zip(labels, p, strict=True)},
                 )
             out.append(Prediction(primary=primary, tasks=per_task, tokens=lengths[row]))
         return out
@@ -261,4 +267,15 @@ class Classifier:
         if not cleaned:
             return []
         probs, lengths = self.probabilities(cleaned)
+        return self.build_predictions(probs, lengths, selected)
+
+    def classify_encoded(
+        self, ids: list[list[int]], tasks: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """:meth:`classify_clean` of texts already encoded by :meth:`encode` (a caller that
+        needs the token ids too, e.g. drift monitoring, tokenizes once)."""
+        selected = self.select_tasks(tasks)
+        if not ids:
+            return []
+        probs, lengths = self.probabilities_of_ids(ids)
         return self.build_predictions(probs, lengths, selected)

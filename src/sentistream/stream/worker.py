@@ -230,12 +230,13 @@ class StreamWorker:
     def _infer(self, cleaned: list[str]) -> tuple[list[Prediction], list[float] | None, float]:
         """Classify (in a worker thread); the unknown-token rates for drift are measured after
         the model's clock stops."""
-        preds = self.classifier.classify_clean(cleaned, self.tasks)
+        classify_encoded = getattr(self.classifier, "classify_encoded", None)
+        if self._text_features is None or classify_encoded is None:
+            return self.classifier.classify_clean(cleaned, self.tasks), None, time.perf_counter()
+        ids = self.classifier.encode(cleaned)  # once: for the model and for drift
+        preds = classify_encoded(ids, self.tasks)
         done = time.perf_counter()
-        unk = None
-        if self._text_features is not None:
-            unk = self._text_features.unk_rates(self.classifier.encode(cleaned))
-        return preds, unk, done
+        return preds, self._text_features.unk_rates(ids), done
 
     async def _dead_letter(self, bad: list[Envelope]) -> None:
         if not bad:
