@@ -263,11 +263,7 @@ class Classifier:
         self, cleaned: Sequence[str], tasks: Sequence[str] | None = None
     ) -> list[Prediction]:
         """Classify texts already passed through :meth:`prepare`."""
-        selected = self.select_tasks(tasks)
-        if not cleaned:
-            return []
-        probs, lengths = self.probabilities(cleaned)
-        return self.build_predictions(probs, lengths, selected)
+        return self.classify_encoded(self.encode(cleaned) if cleaned else [], tasks)
 
     def classify_encoded(
         self, ids: list[list[int]], tasks: Sequence[str] | None = None

@@ -50,6 +50,7 @@ from sentistream.training.finetune import (
 )
 from sentistream.training.model import MultiTaskModel, load_checkpoint, save_checkpoint
 from sentistream.training.teachers import (
+    is_model_folder,
     model_folder_logits,
     parse_teacher_specs,
     teacher_probabilities,
@@ -60,7 +61,6 @@ __all__ = [
     "DistillConfig",
     "distill",
     "distillation_loss",
-    "is_model_folder",
     "join_ensemble",
     "manifest_meta",
     "pick_layers",
@@ -187,11 +187,6 @@ def _teacher_logits(
     return out
 
 
-def is_model_folder(path: Path) -> bool:
-    """A served model folder (ONNX + manifest) rather than a training checkpoint."""
-    return (path / "manifest.json").exists() and (path / "model.onnx").exists()
-
-
 def manifest_meta(folder: Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Checkpoint-style metadata (lengths, cleaning, task data, seed, backbone) and the task
     labels of a model folder, from its manifest."""
@@ -231,14 +226,13 @@ def manifest_meta(folder: Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
 
 
 def _model_folder_ensemble(
-    folders: list[Path], names: list[str], texts: list[str]
+    folders: list[Path], tasks: dict[str, list[str]], texts: list[str]
 ) -> list[np.ndarray[Any, Any]]:
     """Ensemble logits (log mean probability) of model-folder teachers, every task, one ONNX
     pass per teacher over the (cleaned) texts."""
     sums: list[np.ndarray[Any, Any]] = []
     for folder in folders:
-        outs = model_folder_logits(folder, names, texts)
-        probs = [_softmax(np.asarray(o, dtype=np.float32)) for o in outs]
+        probs = [_softmax(o) for o in model_folder_logits(folder, tasks, texts)]
         sums = probs if not sums else [a + b for a, b in zip(sums, probs, strict=True)]
     return [np.log(np.clip(p / len(folders), 1e-9, 1.0)).astype(np.float32) for p in sums]
 
@@ -286,10 +280,7 @@ def distill(config: DistillConfig) -> Path:
                 "--layers auto scores the teacher's own layers and heads; model-folder "
                 "teachers have no torch weights: give the layers, e.g. --layers 0,2,4"
             )
-        meta, task_labels = manifest_meta(config.teachers[0])
-        for path in config.teachers[1:]:
-            if manifest_meta(path)[1] != task_labels:
-                raise ValueError("ensemble teachers must have the same tasks and labels")
+        meta, task_labels = manifest_meta(config.teachers[0])  # the others: checked on scoring
         base = config.student_base or str(meta["base_model"])
         base_encoder, tokenizer, source = load_backbone(base)
         meta = {**meta, "base_model": base, "base_model_source": source}
@@ -368,7 +359,7 @@ def distill(config: DistillConfig) -> Path:
         t_logits = (
             _teacher_logits(teachers, ids, device, bool(config.bf16))
             if teachers
-            else _model_folder_ensemble(config.teachers, names, texts)
+            else _model_folder_ensemble(config.teachers, task_labels, texts)
         )
         config.output.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {"key": np.asarray(json.dumps(key))}
@@ -389,8 +380,7 @@ def distill(config: DistillConfig) -> Path:
     if len(teachers) == 1:
         teacher_reports = evaluate_tasks(teachers[0], tasks, device, bf16=False)
     elif len(config.teachers) == 1 and not teachers:  # the model folder's own int8 figures
-        validation = manifest_meta(config.teachers[0])[0].get("validation") or {}
-        teacher_reports = {t: r["int8"] for t, r in validation.items() if "int8" in r}
+        teacher_reports = {t: r["int8"] for t, r in meta["validation"].items() if "int8" in r}
 
     layer_search: dict[str, float] = {}
     layers = config.layers

@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["model_folder_logits", "parse_teacher_specs", "teacher_probabilities"]
+__all__ = [
+    "is_model_folder",
+    "model_folder_logits",
+    "parse_teacher_specs",
+    "teacher_probabilities",
+]
 
 Array = np.ndarray[Any, Any]
 
@@ -62,9 +67,15 @@ def _checkpoint_logits(
     return np.asarray(logits[model.task_names.index(task)], dtype=np.float32)
 
 
-def model_folder_logits(folder: Path, tasks: list[str], texts: list[str]) -> list[Array]:
-    """Logits of a served model folder (ONNX Runtime) for ``tasks`` over ``texts`` (already
-    cleaned), one pass for every task."""
+def is_model_folder(path: Path) -> bool:
+    """A served model folder (ONNX + manifest) rather than a training checkpoint."""
+    return (path / "manifest.json").exists() and (path / "model.onnx").exists()
+
+
+def model_folder_logits(folder: Path, tasks: dict[str, list[str]], texts: list[str]) -> list[Array]:
+    """Logits of a served model folder (ONNX Runtime) for ``tasks`` (name -> the labels the
+    caller expects, checked against the manifest) over ``texts`` (already cleaned), one pass
+    for every task."""
     from tokenizers import Tokenizer
 
     from sentistream.manifest import load_manifest
@@ -72,6 +83,9 @@ def model_folder_logits(folder: Path, tasks: list[str], texts: list[str]) -> lis
     from sentistream.training.quantize import run_onnx
 
     manifest = load_manifest(folder)
+    have = {t: s.labels for t, s in manifest.tasks.items()}
+    for task, labels in tasks.items():
+        _check_task(folder, task, labels, have)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tokenizer.no_padding()
     ids = encode_texts(tokenizer, texts, manifest.max_length, manifest.truncation)
@@ -82,14 +96,6 @@ def model_folder_logits(folder: Path, tasks: list[str], texts: list[str]) -> lis
         np.asarray(x, dtype=np.float32)
         for x in run_onnx(folder / "model.onnx", ids, outputs, pad_id)
     ]
-
-
-def _model_folder_logits(folder: Path, task: str, labels: list[str], texts: list[str]) -> Array:
-    from sentistream.manifest import load_manifest
-
-    manifest = load_manifest(folder)
-    _check_task(folder, task, labels, {t: s.labels for t, s in manifest.tasks.items()})
-    return model_folder_logits(folder, [task], texts)[0]
 
 
 def _check_task(folder: Path, task: str, labels: list[str], have: dict[str, list[str]]) -> None:
@@ -116,8 +122,8 @@ def teacher_probabilities(
         with np.load(cache) as z:
             if str(z["key"]) == key:
                 return np.asarray(z["probs"], dtype=np.float32)
-    if (folder / "manifest.json").exists() and (folder / "model.onnx").exists():
-        logits = _model_folder_logits(folder, task, labels, texts)
+    if is_model_folder(folder):
+        [logits] = model_folder_logits(folder, {task: labels}, texts)
     elif (folder / "checkpoint.json").exists():
         logits = _checkpoint_logits(folder, task, labels, texts, max_length)
     else:
