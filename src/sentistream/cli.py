@@ -367,6 +367,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_requantize(args: argparse.Namespace) -> int:
+    from sentistream.training.requantize import RequantizeConfig, requantize
+
+    fields = {k: v for k, v in vars(args).items() if k in RequantizeConfig.model_fields}
+    folder = requantize(RequantizeConfig(**{k: v for k, v in fields.items() if v is not None}))
+    print(folder)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from sentistream.evaluate import evaluate_model
 
@@ -464,6 +473,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TASK=FOLDER",
         help="single-task teacher per task (checkpoint or model folder): soft targets, "
         "annealed to the gold labels over training",
+    )
+    p.add_argument(
+        "--select-against",
+        nargs="+",
+        metavar="TASK=SCORE|FOLDER",
+        help="reference validation score per task, or a checkpoint/model folder recording it "
+        "(e.g. the single-task models): keep the weights whose worst gap to them is smallest "
+        "instead of the best mean",
     )
     p.add_argument("--truncation", choices=["head", "head_tail"])
     p.add_argument(
@@ -635,6 +652,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="serving token budget (default: training's)")
     p.add_argument("--parent-version", help="the version this one replaces")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "requantize",
+        help="served model folder -> new version with its remaining fp32 nodes in int8, verified",
+    )
+    p.add_argument("source", type=Path, help="model version folder, e.g. models/NAME/1")
+    p.add_argument("--output", type=Path, required=True, help="new version folder")
+    p.add_argument("--version", help="model version (default: the output folder name)")
+    p.add_argument("--max-drop", type=float, help="largest official-metric drop allowed per task")
+    p.add_argument("--min-agreement", type=float, help="argmax agreement with the source required")
+    p.add_argument("--description", help="one-line model description for the card")
+    p.add_argument("--command-line", help="this command, recorded in the model card")
+    p.set_defaults(func=_cmd_requantize)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled split")
     p.add_argument("data", type=Path, help="TweetEval folder or CSV/TSV")

@@ -219,6 +219,48 @@ def test_multitask_with_single_task_teachers(
         finetune(_config(two_tasks, tiny_backbone, tmp_path / "x", teachers=[f"hate={served}"]))
 
 
+def test_selection_against_references_keeps_the_smallest_worst_gap(
+    two_tasks: dict[str, Path], tiny_backbone: Path, tmp_path: Path
+) -> None:
+    """With reference scores the kept weights are those whose worst task gap is smallest (the
+    multi-task goal), not the best mean; bad reference specs are refused before training."""
+    from sentistream.training.finetune import finetune, parse_reference_scores, selection_score
+
+    assert selection_score({"a": 0.7, "b": 0.9}, {}) == pytest.approx(0.8)
+    assert selection_score({"a": 0.7, "b": 0.9}, {"a": 0.75, "b": 0.8}) == pytest.approx(-0.05)
+    with pytest.raises(ValueError, match="TASK=SCORE"):
+        parse_reference_scores(["sentiment"], ["sentiment"])
+    with pytest.raises(ValueError, match="not a number, checkpoint or model folder"):
+        parse_reference_scores([f"sentiment={tmp_path}"], ["sentiment"])
+    with pytest.raises(ValueError, match="exactly the trained tasks"):
+        parse_reference_scores(["sentiment=0.7"], ["sentiment", "irony"])
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "checkpoint.json").write_text(
+        json.dumps({"val_metrics": {"irony": {"official_score": 0.95}}})
+    )
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "manifest.json").write_text(
+        json.dumps({"metrics": {"validation": {"irony": {"fp32": {"official_score": 0.6}}}}})
+    )
+    assert parse_reference_scores([f"irony={tmp_path / 'served'}"], ["irony"]) == {"irony": 0.6}
+    with pytest.raises(ValueError, match="no validation score for sentiment"):
+        parse_reference_scores([f"sentiment={tmp_path / 'served'}"], ["sentiment"])
+    refs = ["sentiment=0.5", f"irony={tmp_path / 'single'}"]
+    out = finetune(
+        _config(two_tasks, tiny_backbone, tmp_path / "sel", epochs=3, select_against=refs)
+    )
+    meta = json.loads((out / "checkpoint.json").read_text())
+    history = meta["history"]
+    for h in history:
+        gap = min(h["val_sentiment"] - 0.5, h["val_irony"] - 0.95)
+        assert h["worst_gap"] == pytest.approx(gap, abs=1e-4)
+    best = max(history, key=lambda h: h["worst_gap"])
+    assert meta["best_step"] == best["step"]
+    assert meta["val_metrics"]["irony"]["official_score"] == pytest.approx(
+        best["val_irony"], abs=1e-4
+    )
+
+
 def test_multitask_model_learns_every_task(multitask: Path) -> None:
     meta = json.loads((multitask / "checkpoint.json").read_text())
     assert meta["task_order"] == ["sentiment", "irony"]
@@ -624,3 +666,66 @@ def test_reviews_model_from_two_sources_with_head_tail(tiny_backbone: Path, tmp_
     assert clf.truncation == "head_tail"
     ids = clf.encode([" ".join(["day"] * 100) + " love"])[0]
     assert len(ids) == 24 and clf.tokenizer.id_to_token(ids[-2]) == "love"
+
+
+def test_requantize_quantizes_what_an_export_left_fp32(multitask: Path, tmp_path: Path) -> None:
+    """A served folder whose export kept MatMuls in fp32 -> a new version with every MatMul in
+    int8, verified against the source on every task, recalibrated, with its own checksums and
+    card; nothing left to quantize (or an occupied output folder) is refused."""
+    import onnx
+    from onnx import TensorProto
+
+    from sentistream.manifest import file_sha256, load_manifest
+    from sentistream.training.export import ExportConfig, export
+    from sentistream.training.quantize import quantize
+    from sentistream.training.requantize import RequantizeConfig, requantize
+
+    src = export(
+        ExportConfig(
+            checkpoint=multitask, output=tmp_path / "toy" / "1", min_agreement=0.8, keep_fp32=True
+        )
+    )
+    graph = onnx.load(str(src / "model.fp32.onnx")).graph
+    kept = [n.name for n in graph.node if n.op_type == "MatMul"][:2]
+    quantize(src / "model.fp32.onnx", src / "model.onnx", kept)  # an export that kept 2 fp32
+    (src / "model.fp32.onnx").unlink()
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["quantization"]["fp32_nodes"] = kept
+    manifest["files"]["model.onnx"] = file_sha256(src / "model.onnx")
+    (src / "manifest.json").write_text(json.dumps(manifest))
+
+    out = requantize(RequantizeConfig(source=src, output=tmp_path / "toy" / "2", command_line="c"))
+    new = load_manifest(out)
+    assert new.version == "2"
+    raw = json.loads((out / "manifest.json").read_text())
+    assert raw["quantization"]["fp32_nodes"] == []
+    assert raw["quantization"]["requantized_from"] == "toy:1"
+    assert sorted(raw["quantization"]["requantized_nodes"]) == sorted(kept)
+    assert raw["parent_version"] == "1" and raw["requantize_command"] == "c"
+    new_graph = onnx.load(str(out / "model.onnx")).graph
+    fp32_weights = {i.name for i in new_graph.initializer if i.data_type == TensorProto.FLOAT}
+    assert not [
+        n.name for n in new_graph.node if n.op_type == "MatMul" and n.input[1] in fp32_weights
+    ]
+    ver = raw["metrics"]["verification"]["tasks"]
+    assert set(ver) == {"sentiment", "irony"}
+    for task, v in ver.items():
+        assert 0.8 <= v["argmax_agreement_with_source"] <= 1.0
+        assert v["source_int8_official_score"] == pytest.approx(
+            manifest["metrics"]["verification"]["tasks"][task]["int8_official_score"]
+        )
+        assert (
+            raw["tasks"][task]["temperature"] == raw["metrics"]["calibration"][task]["temperature"]
+        )
+    assert "reference_profile" in raw
+    card = (out / "README.md").read_text()
+    assert "Requantized from toy:1" in card and "agreement with source" in card
+    clf = load_classifier(Settings(model_repository=tmp_path, model="toy", intra_op_threads=1))
+    assert clf.version == "2"
+    assert clf.classify(["i love this game"])[0].label in {"negative", "neutral", "positive"}
+
+    with pytest.raises(ValueError, match="no fp32 MatMul"):
+        requantize(RequantizeConfig(source=out, output=tmp_path / "toy" / "3"))
+    assert not (tmp_path / "toy" / "3").exists()
+    with pytest.raises(ValueError, match="not empty"):
+        requantize(RequantizeConfig(source=src, output=out))

@@ -157,7 +157,24 @@ def render_model_card(m: dict[str, Any]) -> str:
     ]
     lines += _metrics_section(m.get("metrics", {}).get("validation", {}))
     per_task = ver.get("tasks") or ({ver.get("task", m["primary_task"]): ver} if ver else {})
-    if per_task:
+    if per_task and q.get("requantized_from"):
+        lines += [
+            f"## Quantization parity (vs {q['requantized_from']} and fp32, validation)",
+            "",
+            "| task | texts | agreement with source | agreement with fp32 (lower bound) | "
+            "fp32 official | source int8 official | int8 official |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for task, v in per_task.items():
+            lines.append(
+                f"| {task} | {v.get('n')} | {_pct(v.get('argmax_agreement_with_source'))}% | "
+                f">= {_pct(v.get('argmax_agreement_int8_vs_fp32_lower_bound'))}% | "
+                f"{_pct(v.get('fp32_official_score'))} | "
+                f"{_pct(v.get('source_int8_official_score'))} | "
+                f"{_pct(v.get('int8_official_score'))} |"
+            )
+        lines.append("")
+    elif per_task:
         lines += [
             "## Quantization parity (int8 vs fp32, validation)",
             "",

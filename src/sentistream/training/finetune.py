@@ -109,6 +109,13 @@ class FinetuneConfig(BaseModel):
         description="TASK=FOLDER: a single-task teacher per task (checkpoint or model folder); "
         "its probabilities are mixed with the gold labels, gold share annealed 0 -> 1",
     )
+    select_against: list[str] = Field(
+        default_factory=list,
+        description="TASK=SCORE or TASK=FOLDER (a checkpoint or model folder: its validation "
+        "score) per task, e.g. the single-task models: keep the weights with the smallest "
+        "worst-task gap to them instead of the best mean score (the multi-task goal: no "
+        "task loses more than a point)",
+    )
     max_train_examples: int | None = Field(None, description="subsample train (smoke tests)")
     max_val_examples: int | None = None
     threads: int | None = Field(None, description="torch CPU threads (default: all cores)")
@@ -119,6 +126,51 @@ class FinetuneConfig(BaseModel):
         if self.data is None:
             raise ValueError("give --data (one task) or --tasks NAME=PATH ... (several)")
         return [(self.task, self.data)]
+
+
+def reference_score(spec: str, task: str) -> float:
+    """A number, or a checkpoint / model folder whose recorded validation score for ``task``
+    is the reference (checkpoint: ``val_metrics``; model folder: the fp32 validation figure,
+    like the figures training reports)."""
+    try:
+        return float(spec)
+    except ValueError:
+        pass
+    folder = Path(spec)
+    try:
+        if (folder / "checkpoint.json").is_file():
+            meta = json.loads((folder / "checkpoint.json").read_text())
+            return float(meta["val_metrics"][task]["official_score"])
+        if (folder / "manifest.json").is_file():
+            manifest = json.loads((folder / "manifest.json").read_text())
+            return float(manifest["metrics"]["validation"][task]["fp32"]["official_score"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{folder} records no validation score for {task}: {exc}") from exc
+    raise ValueError(f"--select-against {task}={spec}: not a number, checkpoint or model folder")
+
+
+def parse_reference_scores(specs: list[str], tasks: list[str]) -> dict[str, float]:
+    """``["sentiment=0.7513", "irony=runs/single-irony", ...]`` -> ``{task: score}``; every
+    trained task needs a reference (a missing one would make the worst gap meaningless)."""
+    refs: dict[str, float] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip() or not value:
+            raise ValueError(f"--select-against wants TASK=SCORE or TASK=FOLDER, got {spec!r}")
+        refs[name.strip()] = reference_score(value, name.strip())
+    if refs and set(refs) != set(tasks):
+        raise ValueError(
+            f"--select-against needs a score for exactly the trained tasks {sorted(tasks)}, "
+            f"got {sorted(refs)}"
+        )
+    return refs
+
+
+def selection_score(scores: dict[str, float], references: dict[str, float]) -> float:
+    """Mean official score, or with references the worst gap ``min(score - reference)``."""
+    if references:
+        return min(scores[t] - references[t] for t in references)
+    return float(np.mean(list(scores.values())))
 
 
 def parse_task_specs(specs: list[str]) -> list[tuple[str, Path]]:
@@ -638,6 +690,7 @@ def finetune(config: FinetuneConfig) -> Path:
             f"in {time.perf_counter() - tt:.0f}s (agrees with gold on {agree:.1%})",
             flush=True,
         )
+    references = parse_reference_scores(config.select_against, [t.name for t in tasks])
     counts = task_sample_counts([len(t.train_ids) for t in tasks], config.task_sampling_alpha)
     if len(tasks) > 1:
         print(
@@ -668,7 +721,7 @@ def finetune(config: FinetuneConfig) -> Path:
         _class_weights(t.train_y, len(t.labels), config.class_weighting).to(device) for t in tasks
     ]
 
-    best_score, best_state, best_step = -1.0, None, 0
+    best_score, best_state, best_step = -math.inf, None, 0
     history: list[dict[str, Any]] = []
     evals_without_gain, step, epoch, position, stop = 0, 0, 0, 0, False
     resume_dir = config.output / "resume"
@@ -721,18 +774,22 @@ def finetune(config: FinetuneConfig) -> Path:
             progress.set_postfix(loss=f"{loss.item():.3f}", best=f"{best_score:.4f}")
             if step % eval_every == 0 or step == total_steps:
                 reports = evaluate_tasks(model, tasks, device, bool(config.bf16))
-                score = float(np.mean([r["official_score"] for r in reports.values()]))
+                official = {k: float(r["official_score"]) for k, r in reports.items()}
+                mean = float(np.mean(list(official.values())))
+                score = selection_score(official, references)
                 history.append(
                     {
                         "step": step,
                         "epoch": round(step / steps_per_epoch, 3),
-                        "val_official": score,
-                        **{f"val_{k}": round(r["official_score"], 5) for k, r in reports.items()},
+                        "val_official": mean,
+                        **({"worst_gap": round(score, 5)} if references else {}),
+                        **{f"val_{k}": round(v, 5) for k, v in official.items()},
                     }
                 )
                 tqdm.write(
-                    f"step {step} epoch {step / steps_per_epoch:.2f} mean={score:.4f} "
-                    + " ".join(f"{k}={r['official_score']:.4f}" for k, r in reports.items())
+                    f"step {step} epoch {step / steps_per_epoch:.2f} mean={mean:.4f} "
+                    + (f"worst_gap={score:+.4f} " if references else "")
+                    + " ".join(f"{k}={v:.4f}" for k, v in official.items())
                 )
                 if score > best_score:
                     best_score, best_step, evals_without_gain = score, step, 0
