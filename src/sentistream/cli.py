@@ -367,11 +367,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_requantize(args: argparse.Namespace) -> int:
-    from sentistream.training.requantize import RequantizeConfig, requantize
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    from sentistream.training.rebuild import RebuildConfig, rebuild
 
-    fields = {k: v for k, v in vars(args).items() if k in RequantizeConfig.model_fields}
-    folder = requantize(RequantizeConfig(**{k: v for k, v in fields.items() if v is not None}))
+    fields = {k: v for k, v in vars(args).items() if k in RebuildConfig.model_fields}
+    folder = rebuild(RebuildConfig(**{k: v for k, v in fields.items() if v is not None}))
     print(folder)
     return 0
 
@@ -647,6 +647,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="7-bit weights, exact on CPUs without VNNI (default: on)",
     )
+    p.add_argument(
+        "--unfuse-layer-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="SkipLayerNormalization -> Add + LayerNormalization, faster on CPU (default: on)",
+    )
     p.add_argument("--command-line", help="the training command, recorded in the model card")
     p.add_argument("--description", help="one-line model description for the card")
     p.add_argument("--max-length", type=int, help="serving token budget (default: training's)")
@@ -654,17 +660,30 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
-        "requantize",
-        help="served model folder -> new version with its remaining fp32 nodes in int8, verified",
+        "rebuild",
+        help="served model folder -> new version, same weights: remaining fp32 MatMuls in int8, "
+        "LayerNorm unfused for CPU; verified against the source",
     )
     p.add_argument("source", type=Path, help="model version folder, e.g. models/NAME/1")
     p.add_argument("--output", type=Path, required=True, help="new version folder")
     p.add_argument("--version", help="model version (default: the output folder name)")
+    p.add_argument(
+        "--quantize-all",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="quantize the MatMuls the source kept in fp32 (default: on)",
+    )
+    p.add_argument(
+        "--unfuse-layer-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="SkipLayerNormalization -> Add + LayerNormalization, faster on CPU (default: on)",
+    )
     p.add_argument("--max-drop", type=float, help="largest official-metric drop allowed per task")
     p.add_argument("--min-agreement", type=float, help="argmax agreement with the source required")
     p.add_argument("--description", help="one-line model description for the card")
     p.add_argument("--command-line", help="this command, recorded in the model card")
-    p.set_defaults(func=_cmd_requantize)
+    p.set_defaults(func=_cmd_rebuild)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled split")
     p.add_argument("data", type=Path, help="TweetEval folder or CSV/TSV")

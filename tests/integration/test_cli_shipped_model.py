@@ -13,7 +13,7 @@ from sentistream.config import BUNDLED_MODELS
 
 pytestmark = pytest.mark.integration
 MODEL = BUNDLED_MODELS / "tweet-sentiment" / "2"  # the default: the newest version
-SOURCE = BUNDLED_MODELS / "tweet-sentiment" / "1"  # v2 = v1 requantized
+SOURCE = BUNDLED_MODELS / "tweet-sentiment" / "1"  # v2 = v1 rebuilt
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -82,7 +82,7 @@ def test_jsonl_with_good_and_bad_lines_processed_completely(tmp_path: Path) -> N
     assert summary["records"] == len(good) and summary["rejected"] == len(bad)
     assert len(err.read_text().splitlines()) == len(bad)
     for rec in records:
-        assert rec["model"] == "tweet-sentiment" and rec["model_version"] == "1"
+        assert rec["model"] == "tweet-sentiment" and rec["model_version"] == MODEL.name
         assert set(rec["scores"]) == {"negative", "neutral", "positive"}
         assert abs(sum(rec["scores"].values()) - 1) < 1e-3
         assert rec["label"] == max(rec["scores"], key=rec["scores"].get)
@@ -115,14 +115,15 @@ def test_shipped_model_meets_its_card() -> None:
     assert ver["argmax_agreement_with_source"] >= 0.97
     assert abs(ver["int8_official_score"] - ver["fp32_official_score"]) <= 0.005
     assert manifest["quantization"]["fp32_nodes"] == []
-    assert manifest["quantization"]["requantized_from"] == "tweet-sentiment:1"
+    assert manifest["quantization"]["rebuilt_from"] == "tweet-sentiment:1"
+    assert manifest["quantization"]["skip_layer_norm"].startswith("unfused")
     source = json.loads((SOURCE / "manifest.json").read_text())["metrics"]["verification"]
     assert source["argmax_agreement_int8_vs_fp32"] >= 0.98
     assert ver["source_int8_official_score"] == source["int8_official_score"]
     assert (MODEL / "model.onnx").stat().st_size < 40_000_000
     card = (MODEL / "README.md").read_text()
     assert "sentistream train" in card and "macro_recall" in card
-    assert "sentistream requantize" in card
+    assert "sentistream rebuild" in card
 
 
 def test_evaluate_reproduces_the_card(sentiment_data: Path, tmp_path: Path) -> None:

@@ -668,45 +668,57 @@ def test_reviews_model_from_two_sources_with_head_tail(tiny_backbone: Path, tmp_
     assert len(ids) == 24 and clf.tokenizer.id_to_token(ids[-2]) == "love"
 
 
-def test_requantize_quantizes_what_an_export_left_fp32(multitask: Path, tmp_path: Path) -> None:
-    """A served folder whose export kept MatMuls in fp32 -> a new version with every MatMul in
-    int8, verified against the source on every task, recalibrated, with its own checksums and
-    card; nothing left to quantize (or an occupied output folder) is refused."""
+def test_rebuild_quantizes_what_an_export_left_fp32_and_unfuses_layer_norm(
+    multitask: Path, tmp_path: Path
+) -> None:
+    """A served folder whose export kept MatMuls in fp32 and fused LayerNorms -> a new version
+    with every MatMul in int8 and Add + LayerNormalization, verified against the source on
+    every task, recalibrated, with its own checksums and card; nothing left to rewrite (or an
+    occupied output folder) is refused."""
     import onnx
     from onnx import TensorProto
 
     from sentistream.manifest import file_sha256, load_manifest
     from sentistream.training.export import ExportConfig, export
     from sentistream.training.quantize import quantize
-    from sentistream.training.requantize import RequantizeConfig, requantize
+    from sentistream.training.rebuild import RebuildConfig, rebuild
 
     src = export(
         ExportConfig(
-            checkpoint=multitask, output=tmp_path / "toy" / "1", min_agreement=0.8, keep_fp32=True
+            checkpoint=multitask,
+            output=tmp_path / "toy" / "1",
+            min_agreement=0.8,
+            unfuse_layer_norm=False,  # as exports before the rewrite existed
         )
     )
-    graph = onnx.load(str(src / "model.fp32.onnx")).graph
+    optimized = onnx.load(str(src / "model.onnx")).graph
+    assert any(n.op_type == "SkipLayerNormalization" for n in optimized.node)
+    fused = tmp_path / "fused.onnx"
+    _fused_fp32_graph(multitask, fused)
+    graph = onnx.load(str(fused)).graph
     kept = [n.name for n in graph.node if n.op_type == "MatMul"][:2]
-    quantize(src / "model.fp32.onnx", src / "model.onnx", kept)  # an export that kept 2 fp32
-    (src / "model.fp32.onnx").unlink()
+    quantize(fused, src / "model.onnx", kept)  # an export that kept 2 MatMuls in fp32
     manifest = json.loads((src / "manifest.json").read_text())
     manifest["quantization"]["fp32_nodes"] = kept
     manifest["files"]["model.onnx"] = file_sha256(src / "model.onnx")
     (src / "manifest.json").write_text(json.dumps(manifest))
 
-    out = requantize(RequantizeConfig(source=src, output=tmp_path / "toy" / "2", command_line="c"))
+    out = rebuild(RebuildConfig(source=src, output=tmp_path / "toy" / "2", command_line="c"))
     new = load_manifest(out)
     assert new.version == "2"
     raw = json.loads((out / "manifest.json").read_text())
     assert raw["quantization"]["fp32_nodes"] == []
-    assert raw["quantization"]["requantized_from"] == "toy:1"
+    assert raw["quantization"]["rebuilt_from"] == "toy:1"
+    assert raw["quantization"]["skip_layer_norm"].startswith("unfused: ")
     assert sorted(raw["quantization"]["requantized_nodes"]) == sorted(kept)
-    assert raw["parent_version"] == "1" and raw["requantize_command"] == "c"
+    assert raw["parent_version"] == "1" and raw["rebuild_command"] == "c"
     new_graph = onnx.load(str(out / "model.onnx")).graph
     fp32_weights = {i.name for i in new_graph.initializer if i.data_type == TensorProto.FLOAT}
     assert not [
         n.name for n in new_graph.node if n.op_type == "MatMul" and n.input[1] in fp32_weights
     ]
+    ops = {n.op_type for n in new_graph.node}
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
     ver = raw["metrics"]["verification"]["tasks"]
     assert set(ver) == {"sentiment", "irony"}
     for task, v in ver.items():
@@ -719,13 +731,25 @@ def test_requantize_quantizes_what_an_export_left_fp32(multitask: Path, tmp_path
         )
     assert "reference_profile" in raw
     card = (out / "README.md").read_text()
-    assert "Requantized from toy:1" in card and "agreement with source" in card
+    assert "Rebuilt from toy:1" in card and "agreement with source" in card
     clf = load_classifier(Settings(model_repository=tmp_path, model="toy", intra_op_threads=1))
     assert clf.version == "2"
     assert clf.classify(["i love this game"])[0].label in {"negative", "neutral", "positive"}
 
-    with pytest.raises(ValueError, match="no fp32 MatMul"):
-        requantize(RequantizeConfig(source=out, output=tmp_path / "toy" / "3"))
+    with pytest.raises(ValueError, match="nothing to rebuild"):
+        rebuild(RebuildConfig(source=out, output=tmp_path / "toy" / "3"))
     assert not (tmp_path / "toy" / "3").exists()
     with pytest.raises(ValueError, match="not empty"):
-        requantize(RequantizeConfig(source=src, output=out))
+        rebuild(RebuildConfig(source=src, output=out))
+
+
+def _fused_fp32_graph(checkpoint: Path, path: Path) -> None:
+    """The fp32 graph of a checkpoint after ORT's transformer fusions (SkipLayerNorm included),
+    as exports before the unfusing rewrite quantized it."""
+    from sentistream.training.export import _export_fp32, _optimize
+    from sentistream.training.model import load_checkpoint
+
+    model, _, _ = load_checkpoint(checkpoint, attn_implementation="eager")
+    raw = path.with_suffix(".raw.onnx")
+    _export_fp32(model, raw, 17)
+    _optimize(raw, path, model, gelu_approximation=False)

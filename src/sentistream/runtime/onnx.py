@@ -10,7 +10,12 @@ import onnxruntime as ort
 from sentistream.errors import ModelLoadError
 from sentistream.runtime.base import FloatArray, IdArray
 
-__all__ = ["GRAPH_OPTIMIZATION", "OnnxBackend", "available_providers"]
+__all__ = ["CPU_DISABLED_OPTIMIZERS", "GRAPH_OPTIMIZATION", "OnnxBackend", "available_providers"]
+
+# On CPU, ORT's fused SkipLayerNormalization kernel is ~7x slower than Add + LayerNormalization
+# (sentistream.training.graph); models exported or rebuilt since carry the unfused form, and
+# sessions on CPU keep ORT from fusing it back. GPUs keep the fusion.
+CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 # Names accepted for ``graph_optimization`` -> onnxruntime.GraphOptimizationLevel members.
 GRAPH_OPTIMIZATION = {
@@ -69,9 +74,14 @@ class OnnxBackend:
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
         )
+        chosen = available_providers(providers)
+        disabled = [] if "CUDAExecutionProvider" in chosen else CPU_DISABLED_OPTIMIZERS
         try:
             self.session = ort.InferenceSession(
-                str(model_path), sess_options=options, providers=available_providers(providers)
+                str(model_path),
+                sess_options=options,
+                providers=chosen,
+                disabled_optimizers=disabled,
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelLoadError(f"cannot load ONNX model {model_path}: {exc}") from exc

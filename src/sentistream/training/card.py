@@ -157,9 +157,9 @@ def render_model_card(m: dict[str, Any]) -> str:
     ]
     lines += _metrics_section(m.get("metrics", {}).get("validation", {}))
     per_task = ver.get("tasks") or ({ver.get("task", m["primary_task"]): ver} if ver else {})
-    if per_task and q.get("requantized_from"):
+    if per_task and q.get("rebuilt_from"):
         lines += [
-            f"## Quantization parity (vs {q['requantized_from']} and fp32, validation)",
+            f"## Quantization parity (vs {q['rebuilt_from']} and fp32, validation)",
             "",
             "| task | texts | agreement with source | agreement with fp32 (lower bound) | "
             "fp32 official | source int8 official | int8 official |",

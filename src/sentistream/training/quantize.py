@@ -55,7 +55,14 @@ def run_onnx(path: Path, ids: list[list[int]], outputs: list[str], pad_id: int) 
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    from sentistream.runtime.onnx import CPU_DISABLED_OPTIMIZERS
+
+    sess = ort.InferenceSession(
+        str(path),
+        sess_options=opts,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=CPU_DISABLED_OPTIMIZERS,  # computed as served
+    )
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     chunks: list[list[Array]] = [[] for _ in outputs]
     for start in range(0, len(order), 64):

@@ -1,0 +1,89 @@
+"""Graph rewrites: SkipLayerNormalization -> Add + LayerNormalization computes the same, and
+sessions configured as served do not fuse it back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+B, L, H = 3, 5, 16
+
+
+def _fused_model(path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+
+    def const(name: str) -> onnx.TensorProto:
+        return helper.make_tensor(name, TensorProto.FLOAT, [H], rng.normal(size=H).tolist())
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, L, H])
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [B, L, H])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [B, L, H])
+    ms = "com.microsoft"
+    nodes = [
+        # with a bias input (as the transformer optimizer emits after an attention output)
+        helper.make_node(
+            "SkipLayerNormalization", ["x", "s", "g1", "b1", "bias"], ["h"], domain=ms,
+            epsilon=1e-12, name="sln_bias",
+        ),
+        # without one, and with the optional input+skip sum output used downstream
+        helper.make_node(
+            "SkipLayerNormalization", ["h", "x", "g2", "b2"], ["y0", "", "", "sum"], domain=ms,
+            epsilon=1e-5, name="sln_sum",
+        ),
+        helper.make_node("Add", ["y0", "sum"], ["y"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [x, s], [y], [const("g1"), const("b1"), const("bias"), const("g2"), const("b2")]
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ms, 1)]
+    )
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _session(path: Path, optimized: Path | None = None) -> ort.InferenceSession:
+    from sentistream.runtime.onnx import CPU_DISABLED_OPTIMIZERS
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if optimized is not None:
+        opts.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(
+        str(path),
+        sess_options=opts,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=CPU_DISABLED_OPTIMIZERS,
+    )
+
+
+def test_unfused_layer_norm_computes_the_same_and_stays_unfused(tmp_path: Path) -> None:
+    from sentistream.training.graph import unfuse_skip_layer_norm
+
+    fused, unfused = tmp_path / "fused.onnx", tmp_path / "unfused.onnx"
+    _fused_model(fused)
+    assert unfuse_skip_layer_norm(fused, unfused) == 2
+    ops = [n.op_type for n in onnx.load(str(unfused)).graph.node]
+    assert "SkipLayerNormalization" not in ops
+    assert ops.count("LayerNormalization") == 2 and ops.count("Add") == 4
+
+    rng = np.random.default_rng(1)
+    feed = {
+        "x": rng.normal(size=(B, L, H)).astype(np.float32),
+        "s": rng.normal(size=(B, L, H)).astype(np.float32),
+    }
+    want = _session(fused).run(None, feed)[0]
+    got = _session(unfused, optimized=tmp_path / "as_served.onnx").run(None, feed)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    served_ops = {n.op_type for n in onnx.load(str(tmp_path / "as_served.onnx")).graph.node}
+    assert "SkipLayerNormalization" not in served_ops  # ORT did not fuse it back
+
+    assert unfuse_skip_layer_norm(unfused, tmp_path / "again.onnx") == 0  # nothing to do
+    assert not (tmp_path / "again.onnx").exists()
