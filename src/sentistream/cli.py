@@ -648,10 +648,11 @@ def _parser() -> argparse.ArgumentParser:
         help="7-bit weights, exact on CPUs without VNNI (default: on)",
     )
     p.add_argument(
-        "--unfuse-layer-norm",
+        "--unfuse",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="SkipLayerNormalization -> Add + LayerNormalization, faster on CPU (default: on)",
+        help="SkipLayerNormalization -> Add + LayerNormalization and BiasGelu -> Add + Gelu, "
+        "faster on CPU (default: on)",
     )
     p.add_argument("--command-line", help="the training command, recorded in the model card")
     p.add_argument("--description", help="one-line model description for the card")
@@ -662,7 +663,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "rebuild",
         help="served model folder -> new version, same weights: remaining fp32 MatMuls in int8, "
-        "LayerNorm unfused for CPU; verified against the source",
+        "LayerNorm and GELU unfused for CPU; verified against the source",
     )
     p.add_argument("source", type=Path, help="model version folder, e.g. models/NAME/1")
     p.add_argument("--output", type=Path, required=True, help="new version folder")
@@ -674,10 +675,11 @@ def _parser() -> argparse.ArgumentParser:
         help="quantize the MatMuls the source kept in fp32 (default: on)",
     )
     p.add_argument(
-        "--unfuse-layer-norm",
+        "--unfuse",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="SkipLayerNormalization -> Add + LayerNormalization, faster on CPU (default: on)",
+        help="SkipLayerNormalization -> Add + LayerNormalization and BiasGelu -> Add + Gelu, "
+        "faster on CPU (default: on)",
     )
     p.add_argument("--max-drop", type=float, help="largest official-metric drop allowed per task")
     p.add_argument("--min-agreement", type=float, help="argmax agreement with the source required")

@@ -1,5 +1,5 @@
-"""Graph rewrites: SkipLayerNormalization -> Add + LayerNormalization computes the same, and
-sessions configured as served do not fuse it back."""
+"""Graph rewrites: SkipLayerNormalization -> Add + LayerNormalization and BiasGelu -> Add +
+Gelu compute the same, and sessions configured as served do not fuse them back."""
 
 from __future__ import annotations
 
@@ -37,10 +37,15 @@ def _fused_model(path: Path) -> None:
             "SkipLayerNormalization", ["h", "x", "g2", "b2"], ["y0", "", "", "sum"], domain=ms,
             epsilon=1e-5, name="sln_sum",
         ),
-        helper.make_node("Add", ["y0", "sum"], ["y"]),
+        helper.make_node("Add", ["y0", "sum"], ["z"]),
+        helper.make_node("BiasGelu", ["z", "gb"], ["y"], domain=ms, name="bias_gelu"),
     ]  # fmt: skip
     graph = helper.make_graph(
-        nodes, "g", [x, s], [y], [const("g1"), const("b1"), const("bias"), const("g2"), const("b2")]
+        nodes,
+        "g",
+        [x, s],
+        [y],
+        [const(n) for n in ("g1", "b1", "bias", "g2", "b2", "gb")],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ms, 1)]
@@ -64,15 +69,16 @@ def _session(path: Path, optimized: Path | None = None) -> ort.InferenceSession:
     )
 
 
-def test_unfused_layer_norm_computes_the_same_and_stays_unfused(tmp_path: Path) -> None:
-    from sentistream.training.graph import unfuse_skip_layer_norm
+def test_unfused_ops_compute_the_same_and_stay_unfused(tmp_path: Path) -> None:
+    from sentistream.training.graph import unfuse_skip_layer_norm, unfuse_slow_cpu_ops
 
     fused, unfused = tmp_path / "fused.onnx", tmp_path / "unfused.onnx"
     _fused_model(fused)
-    assert unfuse_skip_layer_norm(fused, unfused) == 2
+    assert unfuse_slow_cpu_ops(fused, unfused) == {"SkipLayerNormalization": 2, "BiasGelu": 1}
     ops = [n.op_type for n in onnx.load(str(unfused)).graph.node]
-    assert "SkipLayerNormalization" not in ops
-    assert ops.count("LayerNormalization") == 2 and ops.count("Add") == 4
+    assert "SkipLayerNormalization" not in ops and "BiasGelu" not in ops
+    assert ops.count("LayerNormalization") == 2 and ops.count("Gelu") == 1
+    assert ops.count("Add") == 5
 
     rng = np.random.default_rng(1)
     feed = {
@@ -83,7 +89,10 @@ def test_unfused_layer_norm_computes_the_same_and_stays_unfused(tmp_path: Path) 
     got = _session(unfused, optimized=tmp_path / "as_served.onnx").run(None, feed)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     served_ops = {n.op_type for n in onnx.load(str(tmp_path / "as_served.onnx")).graph.node}
-    assert "SkipLayerNormalization" not in served_ops  # ORT did not fuse it back
+    assert not served_ops & {"SkipLayerNormalization", "BiasGelu"}  # ORT did not fuse them back
 
     assert unfuse_skip_layer_norm(unfused, tmp_path / "again.onnx") == 0  # nothing to do
     assert not (tmp_path / "again.onnx").exists()
+    only_ln = tmp_path / "only_ln.onnx"
+    assert unfuse_skip_layer_norm(fused, only_ln) == 2
+    assert "BiasGelu" in {n.op_type for n in onnx.load(str(only_ln)).graph.node}

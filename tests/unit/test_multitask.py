@@ -688,7 +688,7 @@ def test_rebuild_quantizes_what_an_export_left_fp32_and_unfuses_layer_norm(
             checkpoint=multitask,
             output=tmp_path / "toy" / "1",
             min_agreement=0.8,
-            unfuse_layer_norm=False,  # as exports before the rewrite existed
+            unfuse=False,  # as exports before the rewrite existed
         )
     )
     optimized = onnx.load(str(src / "model.onnx")).graph
@@ -709,7 +709,7 @@ def test_rebuild_quantizes_what_an_export_left_fp32_and_unfuses_layer_norm(
     raw = json.loads((out / "manifest.json").read_text())
     assert raw["quantization"]["fp32_nodes"] == []
     assert raw["quantization"]["rebuilt_from"] == "toy:1"
-    assert raw["quantization"]["skip_layer_norm"].startswith("unfused: ")
+    assert raw["quantization"]["unfused"] == {"SkipLayerNormalization": 8, "BiasGelu": 4}
     assert sorted(raw["quantization"]["requantized_nodes"]) == sorted(kept)
     assert raw["parent_version"] == "1" and raw["rebuild_command"] == "c"
     new_graph = onnx.load(str(out / "model.onnx")).graph
@@ -719,6 +719,7 @@ def test_rebuild_quantizes_what_an_export_left_fp32_and_unfuses_layer_norm(
     ]
     ops = {n.op_type for n in new_graph.node}
     assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    assert "BiasGelu" not in ops and "Gelu" in ops
     ver = raw["metrics"]["verification"]["tasks"]
     assert set(ver) == {"sentiment", "irony"}
     for task, v in ver.items():

@@ -12,10 +12,10 @@ from sentistream.runtime.base import FloatArray, IdArray
 
 __all__ = ["CPU_DISABLED_OPTIMIZERS", "GRAPH_OPTIMIZATION", "OnnxBackend", "available_providers"]
 
-# On CPU, ORT's fused SkipLayerNormalization kernel is ~7x slower than Add + LayerNormalization
-# (sentistream.training.graph); models exported or rebuilt since carry the unfused form, and
-# sessions on CPU keep ORT from fusing it back. GPUs keep the fusion.
-CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+# On CPU, ORT's fused SkipLayerNormalization and BiasGelu kernels are slower than the ops they
+# replace (sentistream.training.graph); models exported or rebuilt since carry the unfused
+# form, and sessions on CPU keep ORT from fusing it back. GPUs keep the fusions.
+CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion", "BiasGeluFusion"]
 
 # Names accepted for ``graph_optimization`` -> onnxruntime.GraphOptimizationLevel members.
 GRAPH_OPTIMIZATION = {

@@ -25,7 +25,7 @@ from sentistream.training.calibration import calibrate
 from sentistream.training.card import render_model_card
 from sentistream.training.data import LabelledSplit, load_split, load_train_val
 from sentistream.training.finetune import encode_texts, source_specs
-from sentistream.training.graph import unfuse_skip_layer_norm
+from sentistream.training.graph import unfuse_slow_cpu_ops
 from sentistream.training.model import MultiTaskModel, load_checkpoint
 from sentistream.training.quantize import quantize, quantize_to_agreement, run_onnx
 
@@ -79,10 +79,10 @@ class ExportConfig(BaseModel):
         description="serving token budget (default: the training one); a longer budget lets "
         "long texts show more of themselves than training did - verification measures it",
     )
-    unfuse_layer_norm: bool = Field(
+    unfuse: bool = Field(
         True,
-        description="SkipLayerNormalization -> Add + LayerNormalization in the int8 graph "
-        "(ORT's fused CPU kernel is ~7x slower; sentistream.training.graph)",
+        description="SkipLayerNormalization -> Add + LayerNormalization and BiasGelu -> Add + "
+        "Gelu in the int8 graph (ORT's fused CPU kernels are slower; sentistream.training.graph)",
     )
     calibrate: bool = Field(True, description="fit a softmax temperature per verified task")
     profile: bool = Field(
@@ -269,7 +269,11 @@ def export(config: ExportConfig) -> Path:
         else:
             quantize(optimized, int8, reduce_range=config.reduce_range)
             quant_report = {"calibration_texts": 0, "fp32_nodes": []}
-        unfused = unfuse_skip_layer_norm(int8, int8) if config.unfuse_layer_norm else 0
+        unfused = (
+            {op: n for op, n in unfuse_slow_cpu_ops(int8, int8).items() if n}
+            if config.unfuse
+            else {}
+        )
         if config.keep_fp32:
             shutil.copy(fp32, config.output / "model.fp32.onnx")
 
@@ -404,14 +408,7 @@ def export(config: ExportConfig) -> Path:
             "calibration": {k: v for k, v in quant_report.items() if k != "fp32_nodes"},
             "activations": "uint8, dynamic per batch",
             "graph_fusions": fused,
-            **(
-                {
-                    "skip_layer_norm": f"unfused: {unfused} SkipLayerNormalization -> "
-                    "Add + LayerNormalization"
-                }
-                if unfused
-                else {}
-            ),
+            **({"unfused": unfused} if unfused else {}),
             "gelu": "tanh approximation (FastGelu)" if config.gelu_approximation else "exact",
             "opset": config.opset,
             "model_bytes": (config.output / "model.onnx").stat().st_size,

@@ -1,26 +1,39 @@
 """Graph rewrites of an exported model that keep its weights and change only how ONNX Runtime
 computes it.
 
-``unfuse_skip_layer_norm``: ONNX Runtime's transformer optimizer fuses each residual add and
-the LayerNorm after it into one ``SkipLayerNormalization`` node. On CPU that fused kernel is
-slow: measured with ONNX Runtime 1.31 on the 2-core AMD EPYC (AVX-512), a [30, 29, 384] batch
-takes ~2.0 ms in ``SkipLayerNormalization`` and ~0.3 ms as ``Add`` + ``LayerNormalization``
-(``benchmarks/tuning.py``, docs/performance.md), and the fused node was a fifth of the int8
-model's forward time. The rewrite restores ``Add`` (input + skip, then + bias) and the standard
-``LayerNormalization`` (opset 17), with the same epsilon; the runtime then loads the model with
-ORT's ``SkipLayerNormFusion`` disabled on CPU so that the session does not fuse it back.
+ONNX Runtime's transformer optimizer fuses each residual add and the LayerNorm after it into
+one ``SkipLayerNormalization`` node, and each FFN bias add and the GELU after it into
+``BiasGelu``. On CPU both fused kernels are slower than the ops they replace. Measured with
+ONNX Runtime 1.31 on the 2-core AMD EPYC (AVX-512), 2 threads, one batch of 30 posts x 29
+tokens: ``SkipLayerNormalization`` ~2.0 ms vs ``Add`` + ``LayerNormalization`` ~0.3 ms
+([30, 29, 384]); ``BiasGelu`` 1.2 ms vs ``Add`` + ``Gelu`` 0.74 ms ([30, 29, 1536], identical
+outputs). In the int8 model they were a fifth and an eighth of the forward time
+(docs/performance.md, tuning log).
+
+``unfuse_slow_cpu_ops`` restores ``Add`` (input + skip, then + bias) and the standard
+``LayerNormalization`` (opset 17, same epsilon), and ``Add`` + ``Gelu`` (the exact erf GELU
+that ``BiasGelu`` computes). The runtime loads models with ORT's ``SkipLayerNormFusion`` and
+``BiasGeluFusion`` disabled on CPU so that the session does not fuse them back.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["unfuse_skip_layer_norm"]
+__all__ = ["unfuse_skip_layer_norm", "unfuse_slow_cpu_ops"]
 
 
 def unfuse_skip_layer_norm(src: Path, dst: Path) -> int:
     """Rewrite every ``SkipLayerNormalization`` of ``src`` into ``dst``; returns how many
     (0: the graph has none and nothing is written)."""
+    return unfuse_slow_cpu_ops(src, dst, bias_gelu=False)["SkipLayerNormalization"]
+
+
+def unfuse_slow_cpu_ops(
+    src: Path, dst: Path, *, skip_layer_norm: bool = True, bias_gelu: bool = True
+) -> dict[str, int]:
+    """Rewrite the ``SkipLayerNormalization`` and ``BiasGelu`` nodes of ``src`` into ``dst``;
+    returns how many of each (all 0: nothing is written)."""
     import onnx
     from onnx import helper
 
@@ -31,8 +44,26 @@ def unfuse_skip_layer_norm(src: Path, dst: Path) -> int:
         raise ValueError(f"{src} uses opset {opset}: LayerNormalization needs opset 17")
     nodes = []
     count = 0
+    gelus = 0
     for node in graph.node:
-        if node.op_type != "SkipLayerNormalization" or node.domain != "com.microsoft":
+        if bias_gelu and node.op_type == "BiasGelu" and node.domain == "com.microsoft":
+            gelus += 1
+            name = node.name or f"BiasGelu_{gelus}"
+            biased = f"{name}/biased"
+            nodes.append(
+                helper.make_node("Add", list(node.input[:2]), [biased], name=f"{name}/add")
+            )
+            nodes.append(
+                helper.make_node(
+                    "Gelu", [biased], [node.output[0]], name=f"{name}/gelu", domain="com.microsoft"
+                )
+            )
+            continue
+        if (
+            not skip_layer_norm
+            or node.op_type != "SkipLayerNormalization"
+            or node.domain != "com.microsoft"
+        ):
             nodes.append(node)
             continue
         count += 1
@@ -62,10 +93,11 @@ def unfuse_skip_layer_norm(src: Path, dst: Path) -> int:
                 epsilon=epsilon,
             )
         )
-    if count == 0:
-        return 0
+    done = {"SkipLayerNormalization": count, "BiasGelu": gelus}
+    if count == 0 and gelus == 0:
+        return done
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
-    return count
+    return done
