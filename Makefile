@@ -94,7 +94,7 @@ profile-sentiment:  ## the drift reference profile in the shipped manifest (vali
 TE = $(DATA)/tweeteval
 TASKS = sentiment=$(TE)/sentiment emotion=$(TE)/emotion hate=$(TE)/hate irony=$(TE)/irony offensive=$(TE)/offensive
 TRAIN_COMMON = --epochs 3 --lr 5e-5 --batch-size 32 --max-length 128 --seed 42 --threads 2 --resume
-MULTI_COMMON = --epochs 3 --task-sampling-alpha 0.75 --lr 5e-5 --batch-size 32 --max-length 128 --eval-every 380 --patience 100 --seed 42 --threads 2 --resume
+MULTI_COMMON = --epochs 2.5 --task-sampling-alpha 0.75 --lr 5e-5 --batch-size 32 --max-length 128 --eval-every 380 --patience 100 --seed 42 --threads 2 --resume
 # Single-task teachers of the multi-task run: the shipped single-task sentiment model and one
 # fine-tune per other task (the same runs are the single-task side of the comparison).
 TEACHERS = sentiment=$(SENTIMENT_MODEL) emotion=runs/single-emotion hate=runs/single-hate irony=runs/single-irony offensive=runs/single-offensive
@@ -123,7 +123,7 @@ train-reviews:  ## binary reviews model on SST-2 + IMDB (head+tail truncation)
 
 MODELS_DIR = src/sentistream/models
 export-multitask:  ## int8 export of the multi-task model (every task verified and calibrated)
-	$(BIN)/sentistream export runs/multi-v3 --output $(MODELS_DIR)/tweet-multitask/2 --name tweet-multitask --version 2 --verify-data $(TE)/sentiment --description "One encoder (all-MiniLM-L6-v2, 6 layers), five TweetEval heads: sentiment, emotion, hate, irony, offensive; single-task teachers annealed to gold labels." --command-line "$(TRAIN_MULTI:$(BIN)/%=%)"
+	$(BIN)/sentistream export runs/multi-v4 --output $(MODELS_DIR)/tweet-multitask/3 --name tweet-multitask --version 3 --parent-version 2 --verify-data $(TE)/sentiment --description "One encoder (all-MiniLM-L6-v2, 6 layers), five TweetEval heads: sentiment, emotion, hate, irony, offensive; single-task teachers annealed to gold labels; weights selected by the worst gap to the single-task models." --command-line "$(TRAIN_MULTI:$(BIN)/%=%)"
 
 export-student:  ## int8 export of the distilled 3-layer student
 	$(BIN)/sentistream export runs/student-v3 --output $(MODELS_DIR)/tweet-multitask-fast/1 --name tweet-multitask-fast --version 1 --verify-data $(TE)/sentiment --description "3-layer student distilled from tweet-multitask v1 and tweet-sentiment v1: the same five TweetEval tasks at about twice the speed." --command-line "$(DISTILL:$(BIN)/%=%)"

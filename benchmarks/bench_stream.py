@@ -519,7 +519,11 @@ def main() -> int:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "stream" if args.model is None else f"stream-{args.model.replace(':', '-')}"
-    stem = f"{datetime.now(UTC):%Y-%m-%d}-{results['machine']['host']}-{tag}"
+    base = stem = f"{datetime.now(UTC):%Y-%m-%d}-{results['machine']['host']}-{tag}"
+    for k in range(2, 1000):  # a later run of the day never replaces an earlier one
+        if not (RESULTS / f"{stem}.json").exists():
+            break
+        stem = f"{base}-{k}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     m = results["machine"]
     nv = results["naive"]

@@ -87,6 +87,15 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def _stopped(pid: str) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP), from /proc/PID/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] in {"T", "t"}
+
+
 def background_load() -> dict[str, Any]:
     """Training processes and load average now: figures taken while training runs are noisy."""
     try:
@@ -96,9 +105,12 @@ def background_load() -> dict[str, Any]:
     except FileNotFoundError:  # no procps
         found = ""
     procs = [line for line in found.splitlines() if line.strip() and "pgrep" not in line]
+    running = [line for line in procs if not _stopped(line.split()[0])]
     return {
         "training_processes": procs,
-        "contaminated": bool(procs),
+        # a training paused with SIGSTOP (state T) for the benchmark takes no CPU
+        "paused_training_processes": [line for line in procs if line not in running],
+        "contaminated": bool(running),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
 

@@ -451,9 +451,14 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
                 "",
                 f"Forward time by op (ORT profiler, bucketed): {top}. int8 kernels "
                 f"{prof['share_int8_kernels']:.0%} of the time at "
-                f"{prof['int8_kernel_efficiency']:.0%} of the int8 peak; fp32 kernels "
-                f"{prof['share_fp32_kernels']:.0%} at {prof['fp32_kernel_efficiency']:.0%} of "
-                f"the fp32 peak; other ops {prof['share_other']:.0%}.",
+                f"{prof['int8_kernel_efficiency']:.0%} of the int8 peak; "
+                + (
+                    f"fp32 kernels {prof['share_fp32_kernels']:.0%} at "
+                    f"{prof['fp32_kernel_efficiency']:.0%} of the fp32 peak; "
+                    if prof.get("fp32_kernel_efficiency") is not None
+                    else "no fp32 matmul kernels; "
+                )
+                + f"other ops {prof['share_other']:.0%}.",
             ]
         lines += [
             "",

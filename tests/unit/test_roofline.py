@@ -50,3 +50,29 @@ def test_peak_measurement_runs_a_real_matmul(kind: str) -> None:
     import onnxruntime as ort
 
     assert result["provider"] in ort.get_available_providers()
+
+
+def test_a_paused_training_process_does_not_contaminate_a_run() -> None:
+    """Benchmarks pause training with SIGSTOP; a stopped process takes no CPU."""
+    import signal
+    import subprocess
+    import time
+
+    from benchlib import _stopped
+
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not _stopped(str(proc.pid))
+        proc.send_signal(signal.SIGSTOP)
+        for _ in range(50):
+            if _stopped(str(proc.pid)):
+                break
+            time.sleep(0.02)
+        assert _stopped(str(proc.pid))
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+        assert not _stopped(str(proc.pid))
+        assert not _stopped("999999999")  # gone: not stopped
+    finally:
+        proc.kill()
+        proc.wait()
