@@ -18,6 +18,8 @@ import httpx
 import pytest
 import redis
 
+from sentistream.config import Settings
+from sentistream.repository import ModelRepository
 from sentistream.testing import RedisServer, ServerProcess, free_port
 from tests.integration.test_stream_redis import _stop, _worker_proc
 
@@ -25,6 +27,8 @@ pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 XSS = "<img src=x onerror=alert(1)>"
+# What the worker runs by default: the newest version of the default model.
+DEFAULT_VERSION = ModelRepository(Settings().model_repository).resolve(Settings().model).name
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +140,8 @@ def test_worker_dashboard_live_feed_chart_and_untrusted_text(
         assert p.locator("#chart").get_attribute("data-total") == "30"
         assert p.locator("#chart rect").count() >= 1
         p.wait_for_function(
-            "() => document.getElementById('model').textContent.includes('tweet-sentiment v1')",
+            "() => document.getElementById('model').textContent"
+            f".includes('tweet-sentiment v{DEFAULT_VERSION}')",
             timeout=5000,
         )
         page.shot("1-history")

@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from sentistream.config import Settings
 from sentistream.drift import DriftMonitor
 from sentistream.manifest import load_manifest
+from sentistream.repository import ModelRepository
 from sentistream.runtime import load_classifier
 from sentistream.stream.file_source import FileSource
 from sentistream.stream.monitor import WorkerMetrics, worker_app
@@ -22,7 +23,8 @@ from sentistream.stream.sinks import JsonlSink
 from sentistream.stream.worker import StreamWorker
 
 pytestmark = pytest.mark.integration
-SHIPPED = Path(__file__).resolve().parents[2] / "src/sentistream/models/tweet-sentiment/1"
+# The default model's folder: its reference profile belongs to the classifier the worker runs.
+SHIPPED = ModelRepository(Settings().model_repository).resolve(Settings().model)
 
 
 def _replay(texts: list[str], tmp_path: Path) -> tuple[dict[str, float], float]:

@@ -209,7 +209,13 @@ def test_export_options_fast_gelu_and_weight_range(
             calibration_size=0,
         )
     )
-    assert "BiasGelu" in {n.op_type for n in onnx.load(str(full / "model.onnx")).graph.node}
+    full_ops = {n.op_type for n in onnx.load(str(full / "model.onnx")).graph.node}
+    # the exact GELU, unfused for CPU (BiasGelu -> Add + Gelu; SkipLayerNormalization too)
+    assert "Gelu" in full_ops and not full_ops & {"BiasGelu", "SkipLayerNormalization"}
+    assert json.loads((full / "manifest.json").read_text())["quantization"]["unfused"] == {
+        "SkipLayerNormalization": 4,
+        "BiasGelu": 2,
+    }
     assert json.loads((full / "manifest.json").read_text())["quantization"]["reduce_range"] is False
     assert weights_range(full) > 64
 
