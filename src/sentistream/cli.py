@@ -80,6 +80,17 @@ _SETTING_FLAGS = (
 )
 
 
+def _add_unfuse_flag(p: argparse.ArgumentParser) -> None:
+    """``--unfuse/--no-unfuse`` of ``export`` and ``rebuild`` (sentistream.training.graph)."""
+    p.add_argument(
+        "--unfuse",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="SkipLayerNormalization -> Add + LayerNormalization and BiasGelu -> Add + Gelu, "
+        "faster on CPU (default: on)",
+    )
+
+
 def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model settings (also SENTISTREAM_* environment variables)")
     g.add_argument("--model-repository", type=Path, default=None, help="models folder")
@@ -647,13 +658,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="7-bit weights, exact on CPUs without VNNI (default: on)",
     )
-    p.add_argument(
-        "--unfuse",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="SkipLayerNormalization -> Add + LayerNormalization and BiasGelu -> Add + Gelu, "
-        "faster on CPU (default: on)",
-    )
+    _add_unfuse_flag(p)
     p.add_argument("--command-line", help="the training command, recorded in the model card")
     p.add_argument("--description", help="one-line model description for the card")
     p.add_argument("--max-length", type=int, help="serving token budget (default: training's)")
@@ -674,13 +679,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="quantize the MatMuls the source kept in fp32 (default: on)",
     )
-    p.add_argument(
-        "--unfuse",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="SkipLayerNormalization -> Add + LayerNormalization and BiasGelu -> Add + Gelu, "
-        "faster on CPU (default: on)",
-    )
+    _add_unfuse_flag(p)
     p.add_argument("--max-drop", type=float, help="largest official-metric drop allowed per task")
     p.add_argument("--min-agreement", type=float, help="argmax agreement with the source required")
     p.add_argument("--description", help="one-line model description for the card")

@@ -269,11 +269,7 @@ def export(config: ExportConfig) -> Path:
         else:
             quantize(optimized, int8, reduce_range=config.reduce_range)
             quant_report = {"calibration_texts": 0, "fp32_nodes": []}
-        unfused = (
-            {op: n for op, n in unfuse_slow_cpu_ops(int8, int8).items() if n}
-            if config.unfuse
-            else {}
-        )
+        unfused = unfuse_slow_cpu_ops(int8, int8) if config.unfuse else {}
         if config.keep_fp32:
             shutil.copy(fp32, config.output / "model.fp32.onnx")
 

@@ -26,14 +26,14 @@ __all__ = ["unfuse_skip_layer_norm", "unfuse_slow_cpu_ops"]
 def unfuse_skip_layer_norm(src: Path, dst: Path) -> int:
     """Rewrite every ``SkipLayerNormalization`` of ``src`` into ``dst``; returns how many
     (0: the graph has none and nothing is written)."""
-    return unfuse_slow_cpu_ops(src, dst, bias_gelu=False)["SkipLayerNormalization"]
+    return unfuse_slow_cpu_ops(src, dst, bias_gelu=False).get("SkipLayerNormalization", 0)
 
 
 def unfuse_slow_cpu_ops(
     src: Path, dst: Path, *, skip_layer_norm: bool = True, bias_gelu: bool = True
 ) -> dict[str, int]:
     """Rewrite the ``SkipLayerNormalization`` and ``BiasGelu`` nodes of ``src`` into ``dst``;
-    returns how many of each (all 0: nothing is written)."""
+    returns how many of each op it rewrote (empty: none, and nothing is written)."""
     import onnx
     from onnx import helper
 
@@ -93,8 +93,8 @@ def unfuse_slow_cpu_ops(
                 epsilon=epsilon,
             )
         )
-    done = {"SkipLayerNormalization": count, "BiasGelu": gelus}
-    if count == 0 and gelus == 0:
+    done = {op: n for op, n in (("SkipLayerNormalization", count), ("BiasGelu", gelus)) if n}
+    if not done:
         return done
     del graph.node[:]
     graph.node.extend(nodes)

@@ -24,9 +24,15 @@ Array = np.ndarray[Any, Any]
 
 
 def quantize(
-    src: Path, dst: Path, exclude: Sequence[str] = (), *, reduce_range: bool = True
+    src: Path,
+    dst: Path,
+    exclude: Sequence[str] = (),
+    *,
+    reduce_range: bool = True,
+    op_types: Sequence[str] = QUANT_OPS,
 ) -> None:
-    """Dynamic int8 quantization of ``src`` into ``dst``, nodes in ``exclude`` left fp32.
+    """Dynamic int8 quantization of ``src`` into ``dst``, nodes in ``exclude`` left fp32,
+    ops of ``op_types`` only.
 
     ``reduce_range`` stores weights in 7 bits. CPUs without VNNI (AVX2, AVX-512F) multiply
     uint8 activations by int8 weights with ``VPMADDUBSW``, whose pairwise int16 sums saturate
@@ -41,7 +47,7 @@ def quantize(
         str(src),
         str(dst),
         weight_type=QuantType.QInt8,
-        op_types_to_quantize=QUANT_OPS,
+        op_types_to_quantize=list(op_types),
         nodes_to_exclude=list(exclude),
         per_channel=True,
         reduce_range=reduce_range,

@@ -62,7 +62,8 @@ def _quantize_rest(src: Path, dst: Path, reduce_range: bool) -> list[str]:
     names; none: nothing is written)."""
     import onnx
     from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from sentistream.training.quantize import quantize
 
     graph = onnx.load(str(src), load_external_data=False).graph
     weights = {i.name for i in graph.initializer if i.data_type == TensorProto.FLOAT}
@@ -73,15 +74,7 @@ def _quantize_rest(src: Path, dst: Path, reduce_range: bool) -> list[str]:
     ]
     if not pending:
         return []  # nothing written: the source is int8 throughout
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Attention"],
-        per_channel=True,
-        reduce_range=reduce_range,
-        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT},
-    )
+    quantize(src, dst, reduce_range=reduce_range, op_types=["MatMul", "Attention"])
     return pending
 
 
@@ -177,9 +170,7 @@ def rebuild(config: RebuildConfig) -> Path:
             )
             current = output / "model.onnx" if nodes else current
         if config.unfuse:
-            unfused = {
-                op: n for op, n in unfuse_slow_cpu_ops(current, output / "model.onnx").items() if n
-            }
+            unfused = unfuse_slow_cpu_ops(current, output / "model.onnx")
         if not nodes and not unfused:
             raise ValueError(
                 f"nothing to rebuild in {source}: no fp32 MatMul left to quantize and no "
