@@ -1,20 +1,27 @@
 """Typed settings, environment first.
 
-Every field can be set with an environment variable ``SENTISTREAM_<FIELD>`` (upper case), and
+Every field can be set with an environment variable ``SENTISTREAM_<FIELD>`` (any case), and
 the CLI flags of the same name override it. ``sentistream settings --markdown`` renders this
 class as the reference page ``docs/reference/settings.md``, so the docs cannot drift from code.
+
+The environment is read here rather than through pydantic-settings: importing pydantic-settings
+costs about 150 ms (it imports asyncio, dotenv and its cloud secret providers), a third of the
+CLI's cold start budget, for a prefix lookup. List settings take a comma-separated value or a
+JSON array.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-__all__ = ["BUNDLED_MODELS", "Settings", "default_threads", "settings_markdown"]
+__all__ = ["BUNDLED_MODELS", "ENV_PREFIX", "Settings", "default_threads", "settings_markdown"]
+
+ENV_PREFIX = "SENTISTREAM_"
 
 BUNDLED_MODELS = Path(__file__).resolve().parent / "models"
 
@@ -27,12 +34,26 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class Settings(BaseSettings):
+def environment_values(fields: Any, environ: Any = None) -> dict[str, str]:
+    """``SENTISTREAM_<FIELD>`` variables (case-insensitive) for the given field names."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.upper().startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in fields:
+                values[name] = value
+    return values
+
+
+class Settings(BaseModel):
     """sentistream settings (env prefix ``SENTISTREAM_``)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SENTISTREAM_", extra="ignore", validate_default=True, protected_namespaces=()
-    )
+    model_config = ConfigDict(extra="ignore", validate_default=True, protected_namespaces=())
+
+    def __init__(self, **values: Any) -> None:
+        # Explicit values (CLI flags, code) beat the environment; the environment beats defaults.
+        super().__init__(**{**environment_values(type(self).model_fields), **values})
 
     model_repository: Path = Field(
         BUNDLED_MODELS,
@@ -95,7 +116,7 @@ class Settings(BaseSettings):
         le=65535,
         description="gRPC port (KServe V2 and TF Serving PredictionService), 8500 like TF Serving.",
     )
-    serve_models: Annotated[list[str], NoDecode] = Field(
+    serve_models: list[str] = Field(
         default_factory=list,
         description="Models to serve, comma-separated NAME or NAME:VERSION (a version pins it); "
         "empty: every model in the repository.",
@@ -134,7 +155,7 @@ class Settings(BaseSettings):
         None, description="PEM certificate: serve HTTPS and gRPC over TLS (with tls_key_file)."
     )
     tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
-    cors_origins: Annotated[list[str], NoDecode] = Field(
+    cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins allowed by CORS (comma-separated); empty: CORS off.",
     )
@@ -182,7 +203,7 @@ class Settings(BaseSettings):
         description="Window in which a replayed post id does not create a second result record.",
     )
     stream_batch_size: int = Field(64, ge=1, description="Most posts per micro-batch.")
-    stream_tasks: Annotated[list[str], NoDecode] = Field(
+    stream_tasks: list[str] = Field(
         default_factory=list,
         description="Tasks the worker puts in result records (comma-separated; empty: every "
         "task of the model; the primary task is always kept). The model computes all of them "
@@ -295,10 +316,15 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("serve_models", "cors_origins", "stream_tasks", mode="before")
+    @field_validator("serve_models", "cors_origins", "stream_tasks", "providers", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                try:
+                    return json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"not a JSON array: {exc}") from exc
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 

@@ -25,6 +25,35 @@ def test_env_prefix_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings(batch_size=9).batch_size == 9  # flags (init values) beat the environment
 
 
+def test_env_lists_case_and_unknown_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("sentistream_serve_models", " a, b:2 ,")  # any case, comma list
+    monkeypatch.setenv("SENTISTREAM_PROVIDERS", '["CUDAExecutionProvider", "CPUExecutionProvider"]')
+    monkeypatch.setenv("SENTISTREAM_NOT_A_SETTING", "x")  # ignored, like any other variable
+    s = Settings()
+    assert s.serve_models == ["a", "b:2"]
+    assert s.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setenv("SENTISTREAM_PROVIDERS", "CPUExecutionProvider")
+    assert Settings().providers == ["CPUExecutionProvider"]
+    monkeypatch.setenv("SENTISTREAM_PROVIDERS", '["CPU"')
+    with pytest.raises(ValueError, match="(?s)providers.*not a JSON array"):
+        Settings()
+
+
+def test_cli_does_not_import_pydantic_settings() -> None:
+    # pydantic-settings costs ~150 ms of import (asyncio, dotenv, cloud providers): the CLI's
+    # cold start reads the environment itself (sentistream.config).
+    code = (
+        "import sys\n"
+        "from sentistream.config import Settings\n"
+        "from sentistream.runtime import load_classifier\n"
+        "import sentistream.cli\n"
+        "Settings()\n"
+        "print(sorted(m for m in ('pydantic_settings', 'asyncio', 'dotenv') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_invalid_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENTISTREAM_BATCH_SIZE", "zero")
     with pytest.raises(ValueError, match="batch_size"):
