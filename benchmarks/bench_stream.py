@@ -41,6 +41,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_classify import RESULTS, machine, spread
+from benchlib import free_stem
 
 from sentistream.testing import RedisServer
 
@@ -519,11 +520,7 @@ def main() -> int:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = "stream" if args.model is None else f"stream-{args.model.replace(':', '-')}"
-    base = stem = f"{datetime.now(UTC):%Y-%m-%d}-{results['machine']['host']}-{tag}"
-    for k in range(2, 1000):  # a later run of the day never replaces an earlier one
-        if not (RESULTS / f"{stem}.json").exists():
-            break
-        stem = f"{base}-{k}"
+    stem = free_stem(f"{datetime.now(UTC):%Y-%m-%d}-{results['machine']['host']}-{tag}", RESULTS)
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     m = results["machine"]
     nv = results["naive"]

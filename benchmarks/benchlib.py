@@ -205,5 +205,16 @@ def timed_rate(fn: Callable[[], object], items: int) -> float:
     return items / (time.perf_counter() - t0)
 
 
+def free_stem(base: str, folder: Path) -> str:
+    """``base``, or ``base-2``, ``base-3``...: a later run of the day never replaces an earlier
+    one (the host name of these VMs is the same on every machine)."""
+    stem = base
+    for k in range(2, 1000):
+        if not (folder / f"{stem}.json").exists():
+            break
+        stem = f"{base}-{k}"
+    return stem
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")

@@ -46,6 +46,7 @@ from benchlib import (
     background_load,
     baseline_args,
     child_env,
+    free_stem,
     library_versions,
     machine,
     ratio_spread,
@@ -358,6 +359,36 @@ def _fmt(s: dict[str, Any] | None, digits: int = 1) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f}, n={s['n']})"
 
 
+def hardware_bound(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The best classify ratio this machine allows this network: the forward at the measured
+    int8 peak (roofline ceiling) plus this run's own process start and non-forward work set to
+    zero, over the default pipeline's posts/s from the same run. When it is under the target,
+    no implementation of this network reaches the target here; a smaller network has to."""
+    c, r = results.get("classify"), results.get("roofline")
+    if not (isinstance(c, dict) and "runs" in c and isinstance(r, dict)):
+        return None
+    ceiling = r.get("ceiling_posts_per_s_at_int8_peak")
+    if not ceiling:
+        return None
+    ours = c["runs"]["sentistream classify"]
+    posts = c["posts"]
+    # Process start of our CLI in this run: wall time less the in-process time.
+    start_s = max(
+        0.0,
+        posts / ours["posts_per_s"]["median"] - posts / ours["in_process_posts_per_s"]["median"],
+    )
+    best_posts_per_s = posts / (start_s + posts / ceiling)
+    pipe = next(v for k, v in c["runs"].items() if k != "sentistream classify")
+    ratio = best_posts_per_s / pipe["posts_per_s"]["median"]
+    return {
+        "ceiling_posts_per_s_at_int8_peak": ceiling,
+        "process_start_s": round(start_s, 3),
+        "best_file_posts_per_s": round(best_posts_per_s, 1),
+        "best_ratio_vs_default_pipeline": round(ratio, 2),
+        "target_reachable_with_this_network": ratio >= c["target_ratio"],
+    }
+
+
 def markdown(results: dict[str, Any], images: list[str]) -> str:
     m = results["machine"]
     bg = results["background"]
@@ -407,6 +438,22 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
             f"({c['ratio_vs_default_pipeline']}x).",
             "",
         ]
+        hb = results.get("hardware_bound")
+        if isinstance(hb, dict):
+            lines += [
+                "Hardware bound (roofline section): with every op of the forward at the measured "
+                f"int8 peak ({hb['ceiling_posts_per_s_at_int8_peak']:.0f} posts/s), no other "
+                f"work and this run's process start ({hb['process_start_s']:.2f} s), the file "
+                f"would go at {hb['best_file_posts_per_s']:.0f} posts/s: "
+                f"**{hb['best_ratio_vs_default_pipeline']:.2f}x** the default pipeline, the most "
+                "any implementation of this network can reach on this machine"
+                + (
+                    "."
+                    if hb["target_reachable_with_this_network"]
+                    else " (under the target: only a smaller network can reach it here)."
+                ),
+                "",
+            ]
     r = results.get("roofline")
     if isinstance(r, dict) and "mfu" in r:
         pk = r["peak"]
@@ -759,12 +806,17 @@ def main() -> int:
             ),
         )
 
+    bound = hardware_bound(results)
+    if bound is not None:
+        results["hardware_bound"] = bound
     results["background"]["end"] = background_load()
     results["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"{datetime.now(UTC):%Y-%m-%d}-{results['machine']['host']}" + (
         "-quick" if quick else ""
     )
+    if not quick:
+        stem = free_stem(stem, RESULTS)
     images = plots(results, stem)
     results["plots"] = images
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")

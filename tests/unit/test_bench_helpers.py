@@ -1,0 +1,57 @@
+"""Pure helpers of the benchmark suite: the hardware bound of the classify ratio and result
+file names that never replace an earlier run of the day."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from benchlib import free_stem  # noqa: E402
+
+
+def _spread(x: float) -> dict[str, float]:
+    return {"median": x, "min": x, "max": x, "n": 1}
+
+
+def _results(ceiling: float, pipeline: float) -> dict[str, object]:
+    return {
+        "classify": {
+            "posts": 2000,
+            "target_ratio": 10,
+            "runs": {
+                # 2000 posts in 5.0 s wall, 4.5 s in process: 0.5 s of process start.
+                "sentistream classify": {
+                    "posts_per_s": _spread(400.0),
+                    "in_process_posts_per_s": _spread(2000 / 4.5),
+                },
+                "transformers pipeline (batch_size=1)": {"posts_per_s": _spread(pipeline)},
+            },
+        },
+        "roofline": {"ceiling_posts_per_s_at_int8_peak": ceiling},
+    }
+
+
+def test_hardware_bound_counts_process_start_and_the_ceiling() -> None:
+    suite = pytest.importorskip("suite")  # imports matplotlib lazily, numpy at import
+    bound = suite.hardware_bound(_results(ceiling=500.0, pipeline=50.0))
+    assert bound["process_start_s"] == pytest.approx(0.5)
+    # 2000 posts at 500/s = 4 s, + 0.5 s start: 444.4 posts/s, 8.89x a 50 posts/s pipeline.
+    assert bound["best_file_posts_per_s"] == pytest.approx(444.4, abs=0.1)
+    assert bound["best_ratio_vs_default_pipeline"] == pytest.approx(8.89, abs=0.01)
+    assert bound["target_reachable_with_this_network"] is False
+    fast = suite.hardware_bound(_results(ceiling=2000.0, pipeline=50.0))
+    assert fast["target_reachable_with_this_network"] is True
+    assert suite.hardware_bound({"classify": {"runs": {}}}) is None  # no roofline section
+
+
+def test_free_stem_never_reuses_a_result_name(tmp_path: Path) -> None:
+    assert free_stem("2026-12-02-vm", tmp_path) == "2026-12-02-vm"
+    (tmp_path / "2026-12-02-vm.json").write_text("{}")
+    assert free_stem("2026-12-02-vm", tmp_path) == "2026-12-02-vm-2"
+    (tmp_path / "2026-12-02-vm-2.json").write_text("{}")
+    assert free_stem("2026-12-02-vm", tmp_path) == "2026-12-02-vm-3"
