@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -205,7 +206,18 @@ def run_existing(
     suite embeds the figures in its own file; a standalone run of the day stays untouched)."""
     host = machine()["host"]
     pattern = f"*-{host}-{stem_suffix}.*"
-    before = {p: p.read_bytes() for p in RESULTS.glob(pattern) if p.suffix in (".json", ".md")}
+    # The script's files: <date>-<host>-<suffix>.json/.md, or -<suffix>-2.json... when a run of
+    # the day exists already (benchlib.free_stem); not <suffix>-<other words> of other runs.
+    own = re.compile(rf"\d{{4}}-\d{{2}}-\d{{2}}-{re.escape(host)}-{re.escape(stem_suffix)}(-\d+)?")
+
+    def files() -> list[Path]:
+        return [
+            p
+            for p in RESULTS.glob(f"*-{host}-{stem_suffix}*")
+            if p.suffix in (".json", ".md") and own.fullmatch(p.stem)
+        ]
+
+    before = {p: p.read_bytes() for p in files()}
     started = time.time()
     try:
         proc = subprocess.run(
@@ -218,9 +230,7 @@ def run_existing(
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{script} failed ({proc.returncode}): {proc.stderr[-3000:]}")
-        written = [
-            p for p in RESULTS.glob(f"*-{host}-{stem_suffix}.json") if p.stat().st_mtime >= started
-        ]
+        written = [p for p in files() if p.suffix == ".json" and p.stat().st_mtime >= started]
         if not written:
             raise RuntimeError(f"{script} wrote no {pattern} result")
         result: dict[str, Any] = json.loads(
@@ -231,10 +241,10 @@ def run_existing(
         return result
     finally:
         if not keep_files:
-            for p in RESULTS.glob(pattern):
+            for p in files():
                 if p in before:
                     p.write_bytes(before[p])
-                elif p.suffix in (".json", ".md") and p.stat().st_mtime >= started:
+                elif p.stat().st_mtime >= started:
                     p.unlink()
 
 
