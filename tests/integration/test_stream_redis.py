@@ -510,3 +510,88 @@ def test_disk_full_on_the_jsonl_sink_acks_nothing(server: RedisServer, tiny_repo
     assert client.xpending("sentistream:posts", "sentistream")["pending"] > 0  # kept for a retry
     asyncio.run(_run_worker(server.url, tiny_repo, 50, consumer="d"))  # disk fixed: all done
     assert sorted(_output_ids(server.url)) == sorted(f"p{i}" for i in range(50))
+
+
+def test_live_consumer_keeps_a_slow_batch_and_a_dead_ones_entries_are_claimed(
+    server: RedisServer,
+) -> None:
+    """The pending heartbeat: a live worker whose batch takes longer than claim_idle_ms keeps
+    its entries (idle time reset by XCLAIM JUSTID, no delivery counted); once it stops, they go
+    idle and another consumer's XAUTOCLAIM takes them."""
+    _ingest(server.url, [json.dumps(p) for p in _posts(5)])
+    sync = redis.Redis.from_url(server.url)
+    sync.xgroup_create("sentistream:posts", "sentistream", id="0")
+    # "slow" has read the five entries and is still classifying them.
+    sync.xreadgroup("sentistream", "slow", {"sentistream:posts": ">"}, count=5)
+
+    async def scenario() -> tuple[list[int], list[int], int]:
+        client = connect(server.url)
+        source = RedisStreamSource(
+            client,
+            "sentistream:posts",
+            "sentistream",
+            "slow",
+            dead_letter_stream="sentistream:dead",
+            claim_idle_ms=300,
+        )
+        beat = asyncio.create_task(source._heartbeat())
+        stolen_while_alive = []
+        for _ in range(12):  # 1.2 s: four times claim_idle_ms
+            await asyncio.sleep(0.1)
+            reply = sync.xautoclaim("sentistream:posts", "sentistream", "other", 300, "0-0")
+            stolen_while_alive.append(len(reply[1]))
+        deliveries = [
+            p["times_delivered"]
+            for p in sync.xpending_range("sentistream:posts", "sentistream", "-", "+", 10)
+        ]
+        await source.close()
+        await beat
+        await asyncio.sleep(0.4)  # no heartbeat any more: the entries go idle
+        reply = sync.xautoclaim("sentistream:posts", "sentistream", "other", 300, "0-0")
+        await client.aclose()
+        return stolen_while_alive, deliveries, len(reply[1])
+
+    stolen, deliveries, claimed_after = asyncio.run(scenario())
+    assert stolen == [0] * 12
+    assert deliveries == [1] * 5  # the heartbeat counted no delivery
+    assert claimed_after == 5
+
+
+def test_own_pending_entries_are_read_page_by_page_once(server: RedisServer) -> None:
+    """A restarted consumer with more pending entries than one batch reads each of them once
+    (delivery count 2: the first read and this one), not the first page again and again while
+    it is still being classified (which would count deliveries until the entries were
+    dead-lettered)."""
+    _ingest(server.url, [json.dumps(p) for p in _posts(10)])
+    sync = redis.Redis.from_url(server.url)
+    sync.xgroup_create("sentistream:posts", "sentistream", id="0")
+    sync.xreadgroup("sentistream", "w", {"sentistream:posts": ">"}, count=10)  # then it died
+
+    async def restart() -> list[str]:
+        client = connect(server.url)
+        source = RedisStreamSource(
+            client,
+            "sentistream:posts",
+            "sentistream",
+            "w",
+            dead_letter_stream="sentistream:dead",
+            batch=3,
+            block_ms=100,
+            max_deliveries=2,
+        )
+        seen: list[str] = []
+        async with asyncio.timeout(10):
+            async for env in source.stream():  # nothing is acked: all stay pending
+                seen.append(env.post.id if env.post else "?")
+                if len(seen) == 10:
+                    break
+            await asyncio.sleep(0.3)  # a page re-read would show up as more deliveries
+        await source.close()
+        await client.aclose()
+        return seen
+
+    seen = asyncio.run(restart())
+    assert sorted(seen) == sorted(p["id"] for p in _posts(10))
+    pending = sync.xpending_range("sentistream:posts", "sentistream", "-", "+", 20)
+    assert [p["times_delivered"] for p in pending] == [2] * 10
+    assert sync.xlen("sentistream:dead") == 0

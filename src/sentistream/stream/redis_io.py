@@ -4,7 +4,11 @@
 first finishes this consumer's own pending entries, then reads new ones (XREADGROUP ``>``) and
 periodically claims entries idle longer than ``claim_idle_ms`` from dead consumers
 (XAUTOCLAIM). An entry delivered more than ``max_deliveries`` times goes to the dead-letter
-stream instead of being retried forever.
+stream instead of being retried forever. While it lives, the consumer keeps its own pending
+entries fresh (a heartbeat: ``XCLAIM ... JUSTID`` to itself every ``claim_idle_ms / 3``, which
+resets their idle time without counting a delivery), so a batch that takes longer than
+``claim_idle_ms`` to classify is never claimed away from a live worker; only a dead consumer's
+entries go idle.
 
 :class:`RedisSink`: for each result, atomically (one Lua script per batch) sets a dedup key
 ``SET dedup:<id> NX EX ttl``; only when it was new, appends the record to the durable output
@@ -17,6 +21,7 @@ leaves nothing to redo, and a redelivered post never creates a second record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -244,7 +249,9 @@ class RedisStreamSource:
             log.warning("dead-lettered %d entries after too many deliveries", len(poison))
         return fresh
 
-    async def _read(self, start: str) -> list[Envelope]:
+    async def _read(self, start: str) -> tuple[list[Envelope], str | None]:
+        """Entries after ``start`` (``>``: new ones; an id: this consumer's pending history
+        after it); also the last id of the reply, the cursor for the next page."""
         reply: Any = await self.client.xreadgroup(
             self.group,
             self.consumer,
@@ -253,12 +260,14 @@ class RedisStreamSource:
             block=None if start != ">" else self.block_ms,
         )
         envelopes = []
+        last: str | None = None
         for _, entries in reply or []:
             for entry_id, fields in entries:
+                last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
                 if fields is None:  # deleted while pending
                     continue
                 envelopes.append(self._envelope(entry_id, fields))
-        return envelopes
+        return envelopes, last
 
     async def _claim(self) -> list[Envelope]:
         reply: Any = await self.client.xautoclaim(
@@ -273,17 +282,71 @@ class RedisStreamSource:
         envelopes = [self._envelope(i, f) for i, f in entries if f]
         return await self._split_poison(envelopes) if envelopes else []
 
+    async def _refresh_own(self) -> int:
+        """Reset the idle time of this consumer's pending entries idle for a third of
+        ``claim_idle_ms`` or more (XCLAIM JUSTID: no delivery counted); returns how many."""
+        threshold = max(1, self.claim_idle_ms // 3)
+        refreshed = 0
+        start = "-"
+        while True:
+            pending: Any = await self.client.xpending_range(
+                self.key,
+                self.group,
+                min=start,
+                max="+",
+                count=1000,
+                consumername=self.consumer,
+                idle=threshold,
+            )
+            if not pending:
+                return refreshed
+            ids = [p["message_id"] for p in pending]
+            # min_idle_time: an entry another consumer claimed meanwhile (idle reset) is left
+            # to it rather than taken back.
+            claimed: Any = await self.client.xclaim(
+                self.key, self.group, self.consumer, threshold, ids, justid=True
+            )
+            refreshed += len(claimed or [])
+            if len(pending) < 1000:
+                return refreshed
+            last = ids[-1].decode() if isinstance(ids[-1], bytes) else str(ids[-1])
+            start = "(" + last
+
+    async def _heartbeat(self) -> None:
+        interval = self.claim_idle_ms / 3000
+        while not self._closed.is_set():
+            try:
+                await asyncio.wait_for(self._closed.wait(), timeout=interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self._refresh_own()
+            except RETRYABLE as exc:
+                log.warning("redis unavailable for the pending heartbeat: %s", type(exc).__name__)
+
     async def stream(self) -> AsyncIterator[Envelope]:
         await self.ensure_group()
-        # 1. our own pending entries (a previous run of this consumer died before acking)
-        while not self._closed.is_set():
-            own = await self._read("0")
-            if not own:
-                break
-            for env in await self._split_poison(own):
+        heartbeat = asyncio.create_task(self._heartbeat(), name="pending-heartbeat")
+        try:
+            async for env in self._entries():
                 yield env
-            if len(own) < self.batch:
-                break
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _entries(self) -> AsyncIterator[Envelope]:
+        # 1. our own pending entries (a previous run of this consumer died before acking),
+        # page by page: each page starts after the last id of the one before. (Reading from
+        # "0" again would return the same entries while they are still being classified, and
+        # count a delivery each time until they were dead-lettered.)
+        cursor: str | None = "0"
+        while cursor is not None and not self._closed.is_set():
+            own, last = await self._read(cursor)
+            for env in await self._split_poison(own) if own else []:
+                yield env
+            cursor = last  # None once a page comes back empty
         loop = asyncio.get_running_loop()
         next_claim = loop.time()
         while not self._closed.is_set():
@@ -292,7 +355,8 @@ class RedisStreamSource:
                     next_claim = loop.time() + self.claim_idle_ms / 2000
                     for env in await self._claim():
                         yield env
-                for env in await self._read(">"):
+                new, _ = await self._read(">")
+                for env in new:
                     yield env
             except RETRYABLE as exc:
                 log.warning("redis unavailable, retrying: %s", type(exc).__name__)
