@@ -77,6 +77,7 @@ _SETTING_FLAGS = (
     "batch_size",
     "max_batch_tokens",
     "max_text_chars",
+    "x64_quant_precision",
 )
 
 
@@ -101,6 +102,12 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--max-batch-tokens", type=int, default=None)
     g.add_argument("--max-text-chars", type=int, default=None)
+    g.add_argument(
+        "--x64-quant-precision",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="exact int8 matmuls on x86 CPUs without VNNI (slower there)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Any:

@@ -103,3 +103,28 @@ def test_empty_request(tiny_classifier: Classifier) -> None:
 def test_long_text_truncated_to_max_length(tiny_classifier: Classifier) -> None:
     pred = tiny_classifier.classify(["love " * 500])[0]
     assert pred.tokens == tiny_classifier.max_length
+
+
+def test_x64_quant_precision_setting_reaches_the_session(
+    tiny_repo: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sentistream.config import Settings
+    from sentistream.runtime import load_classifier
+
+    def entry(classifier: Classifier) -> str | None:
+        options = classifier.backend.session.get_session_options()  # type: ignore[attr-defined]
+        try:
+            return str(options.get_session_config_entry("session.x64quantprecision"))
+        except RuntimeError:  # not set
+            return None
+
+    texts = ["good day", "awful service, never again", "ok"]
+    default = load_classifier(Settings(model_repository=tiny_repo, model="tiny:1"))
+    assert entry(default) is None
+    monkeypatch.setenv("SENTISTREAM_X64_QUANT_PRECISION", "true")
+    exact = load_classifier(Settings(model_repository=tiny_repo, model="tiny:1"))
+    assert entry(exact) == "1"
+    # The tiny model is fp32: nothing to convert, the same answers.
+    assert [p.to_dict() for p in exact.classify(texts)] == [
+        p.to_dict() for p in default.classify(texts)
+    ]

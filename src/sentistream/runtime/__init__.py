@@ -39,6 +39,7 @@ def load_onnx_classifier(folder: Path, settings: Settings) -> Classifier:
         intra_op_threads=settings.resolved_intra_op_threads(),
         inter_op_threads=settings.inter_op_threads,
         providers=settings.providers or None,
+        x64_quant_precision=settings.x64_quant_precision,
     )
     return Classifier(
         backend,

@@ -52,6 +52,7 @@ class OnnxBackend:
         providers: list[str] | None = None,
         graph_optimization: str = "all",
         allow_spinning: bool = False,
+        x64_quant_precision: bool = False,
         parallel_execution: bool = False,
     ) -> None:
         options = ort.SessionOptions()
@@ -74,6 +75,11 @@ class OnnxBackend:
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if allow_spinning else "0"
         )
+        if x64_quant_precision:
+            # x86 CPUs without VNNI multiply uint8 x int8 with VPMADDUBSW, whose int16 pair sums
+            # saturate for 8-bit weights outside [-64, 63]; ORT then runs those matmuls as
+            # uint8 x uint8 instead (exact, slower). VNNI/AMX CPUs are unaffected.
+            options.add_session_config_entry("session.x64quantprecision", "1")
         chosen = available_providers(providers)
         disabled = [] if "CUDAExecutionProvider" in chosen else CPU_DISABLED_OPTIMIZERS
         try:
