@@ -687,6 +687,12 @@ def _parser() -> argparse.ArgumentParser:
         help="quantize the MatMuls the source kept in fp32 (default: on)",
     )
     _add_unfuse_flag(p)
+    p.add_argument(
+        "--seven-bit-weights",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="8-bit int8 matmul weights -> 7-bit: exact on x86 CPUs without VNNI (default: off)",
+    )
     p.add_argument("--max-drop", type=float, help="largest official-metric drop allowed per task")
     p.add_argument("--min-agreement", type=float, help="argmax agreement with the source required")
     p.add_argument("--description", help="one-line model description for the card")

@@ -744,6 +744,76 @@ def test_rebuild_quantizes_what_an_export_left_fp32_and_unfuses_layer_norm(
         rebuild(RebuildConfig(source=src, output=out))
 
 
+def test_rebuild_makes_8_bit_weights_7_bit(multitask: Path, tmp_path: Path) -> None:
+    """An export with 8-bit weights (reduce_range off, as exports before it became the default)
+    -> every MatMulInteger/QAttention weight in [-64, 64] with its scale doubled, each real
+    weight moved by at most one 8-bit step; recorded in the manifest; a 7-bit model has
+    nothing left to rewrite."""
+    import onnx
+    from onnx import numpy_helper
+
+    from sentistream.training.export import ExportConfig, export
+    from sentistream.training.rebuild import RebuildConfig, rebuild
+
+    src = export(
+        ExportConfig(
+            checkpoint=multitask,
+            output=tmp_path / "toy" / "1",
+            min_agreement=0.8,
+            reduce_range=False,
+        )
+    )
+
+    def weights(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        model = onnx.load(str(folder / "model.onnx"))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        names = {
+            n.input[1] for n in model.graph.node if n.op_type in ("MatMulInteger", "QAttention")
+        }
+        return {
+            w: (inits[w], inits[w[: -len("_quantized")] + "_scale"])
+            for w in names
+            if w in inits and inits[w].dtype == np.int8
+        }
+
+    before = weights(src)
+    assert before and max(int(np.abs(q.astype(np.int16)).max()) for q, _ in before.values()) > 64
+    out = rebuild(
+        RebuildConfig(
+            source=src,
+            output=tmp_path / "toy" / "2",
+            quantize_all=False,
+            unfuse=False,
+            seven_bit_weights=True,
+            min_agreement=0.8,
+            max_drop=0.05,
+        )
+    )
+    after = weights(out)
+    assert set(after) == set(before)
+    for name, (q7, s7) in after.items():
+        q8, s8 = before[name]
+        assert int(np.abs(q7.astype(np.int16)).max()) <= 64
+        np.testing.assert_allclose(s7, s8 * 2, rtol=1e-6)
+        real8 = q8.astype(np.float32) * s8
+        real7 = q7.astype(np.float32) * s7
+        assert np.all(np.abs(real7 - real8) <= s8 * 1.0001)  # one 8-bit step at most
+    raw = json.loads((out / "manifest.json").read_text())
+    assert raw["quantization"]["seven_bit_weights"] == len(before)
+    assert raw["quantization"]["reduce_range"] is True
+    assert "7-bit" in (out / "README.md").read_text()
+    with pytest.raises(ValueError, match="nothing to rebuild"):
+        rebuild(
+            RebuildConfig(
+                source=out,
+                output=tmp_path / "toy" / "3",
+                quantize_all=False,
+                unfuse=False,
+                seven_bit_weights=True,
+            )
+        )
+
+
 def _fused_fp32_graph(checkpoint: Path, path: Path) -> None:
     """The fp32 graph of a checkpoint after ORT's transformer fusions (SkipLayerNorm included),
     as exports before the unfusing rewrite quantized it."""

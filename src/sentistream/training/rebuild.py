@@ -11,6 +11,12 @@ Two rewrites, each measured (docs/performance.md) and each optional:
 - ``unfuse``: ``SkipLayerNormalization`` -> ``Add`` + ``LayerNormalization`` and ``BiasGelu``
   -> ``Add`` + ``Gelu`` (:mod:`sentistream.training.graph`): ORT's fused CPU kernels are
   slower than the ops they replace (~7x and ~1.6x for those ops).
+- ``seven_bit_weights`` (off by default): 8-bit int8 matmul weights (``MatMulInteger``,
+  ``QAttention``) become 7-bit (``q7 = round(q8 / 2)``, scale doubled), what ``export`` does
+  by default since it measured the saturation problem: x86 CPUs without VNNI multiply
+  uint8 x int8 with ``VPMADDUBSW``, whose int16 pair sums saturate for weights outside
+  [-64, 64], so an 8-bit model scores lower there than on the VNNI machine that verified it.
+  7-bit weights compute exactly on every x86 CPU, at full u8s8 speed.
 
 Every task is verified on the data the source was verified on (agreement with the source,
 official metrics of both), the temperatures are refitted, the drift profile rebuilt, and a new
@@ -46,6 +52,9 @@ class RebuildConfig(BaseModel):
         True,
         description="SkipLayerNormalization -> Add + LayerNormalization, BiasGelu -> Add + Gelu "
         "(faster on CPU)",
+    )
+    seven_bit_weights: bool = Field(
+        False, description="requantize 8-bit int8 matmul weights to 7 bits (exact on AVX2)"
     )
     max_drop: float = Field(
         0.005, ge=0, le=1, description="largest official-metric drop allowed on any task"
@@ -145,6 +154,45 @@ def _verify(
     return per_task, reports, texts_of, temperatures
 
 
+def requantize_seven_bit(src: Path, dst: Path) -> list[str]:
+    """Write ``src`` with its 8-bit ``MatMulInteger``/``QAttention`` weights as 7-bit ones
+    (``round(q / 2)`` in [-64, 64], the per-channel scale doubled: the same real values to
+    half a 7-bit step); returns the weights rewritten (none: nothing is written)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    weights = sorted(
+        {
+            n.input[1]
+            for n in model.graph.node
+            if n.op_type in ("MatMulInteger", "QAttention") and len(n.input) > 1
+        }
+    )
+    done: list[str] = []
+    for name in weights:
+        if name not in inits or not name.endswith("_quantized"):
+            continue
+        q = numpy_helper.to_array(inits[name])
+        scale_name = name[: -len("_quantized")] + "_scale"
+        if q.dtype != np.int8 or scale_name not in inits:
+            continue
+        if int(np.abs(q.astype(np.int16)).max()) <= 64:
+            continue  # already 7-bit
+        users = [n for n in model.graph.node if scale_name in n.input]
+        if any(name not in n.input and n.op_type == "QAttention" for n in users):
+            continue  # a scale shared with another weight: leave both alone
+        q7 = np.clip(np.round(q.astype(np.float32) / 2), -64, 64).astype(np.int8)
+        scale = numpy_helper.to_array(inits[scale_name]).astype(np.float32) * 2
+        inits[name].CopyFrom(numpy_helper.from_array(q7, name))
+        inits[scale_name].CopyFrom(numpy_helper.from_array(scale, scale_name))
+        done.append(name)
+    if done:
+        onnx.save(model, str(dst))
+    return done
+
+
 def rebuild(config: RebuildConfig) -> Path:
     """Publish ``source`` rewritten (see the module doc) as a new version folder."""
     from sentistream.training.card import render_model_card
@@ -171,10 +219,15 @@ def rebuild(config: RebuildConfig) -> Path:
             current = output / "model.onnx" if nodes else current
         if config.unfuse:
             unfused = unfuse_slow_cpu_ops(current, output / "model.onnx")
-        if not nodes and not unfused:
+            current = output / "model.onnx" if unfused else current
+        seven: list[str] = []
+        if config.seven_bit_weights:
+            seven = requantize_seven_bit(current, output / "model.onnx")
+        if not nodes and not unfused and not seven:
             raise ValueError(
-                f"nothing to rebuild in {source}: no fp32 MatMul left to quantize and no "
-                "SkipLayerNormalization/BiasGelu to unfuse (or both rewrites switched off)"
+                f"nothing to rebuild in {source}: no fp32 MatMul left to quantize, no "
+                "SkipLayerNormalization/BiasGelu to unfuse and no 8-bit weight to make 7-bit "
+                "(or those rewrites switched off)"
             )
         per_task, reports, texts_of, temperatures = _verify(manifest, source, output)
         print(json.dumps(per_task, indent=2), flush=True)
@@ -223,6 +276,9 @@ def rebuild(config: RebuildConfig) -> Path:
     }
     if unfused:
         new["quantization"]["unfused"] = unfused
+    if seven:
+        new["quantization"]["reduce_range"] = True
+        new["quantization"]["seven_bit_weights"] = len(seven)
     new["files"] = {f: file_sha256(output / f) for f in ("model.onnx", "tokenizer.json")}
     new["parent_version"] = manifest["version"]
     new["rebuild_command"] = config.command_line
@@ -246,6 +302,12 @@ def rebuild(config: RebuildConfig) -> Path:
             + " and ".join(f"{op} ({n})" for op, n in unfused.items())
             + " nodes are the ops they fused (Add + LayerNormalization, Add + Gelu): the same "
             "computation, faster on CPU"
+        )
+    if seven:
+        changes.append(
+            f"its {len(seven)} 8-bit matmul weights are 7-bit (round(q / 2), scale doubled), so "
+            "x86 CPUs without VNNI, whose VPMADDUBSW saturates 8-bit products, compute them "
+            "exactly: the same results on every x86 CPU"
         )
     section = {
         "title": f"Rebuilt from {old_name}",
