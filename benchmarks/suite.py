@@ -388,6 +388,7 @@ def hardware_bound(results: dict[str, Any]) -> dict[str, Any] | None:
         posts / ours["posts_per_s"]["median"] - posts / ours["in_process_posts_per_s"]["median"],
     )
     best_posts_per_s = posts / (start_s + posts / ceiling)
+    # The default pipeline (batch size 1) is the first baseline classify_section records.
     pipe = next(v for k, v in c["runs"].items() if k != "sentistream classify")
     ratio = best_posts_per_s / pipe["posts_per_s"]["median"]
     return {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Container
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,11 +35,10 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def environment_values(fields: Any, environ: Any = None) -> dict[str, str]:
+def environment_values(fields: Container[str]) -> dict[str, str]:
     """``SENTISTREAM_<FIELD>`` variables (case-insensitive) for the given field names."""
-    environ = os.environ if environ is None else environ
     values: dict[str, str] = {}
-    for key, value in environ.items():
+    for key, value in os.environ.items():
         if key.upper().startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX) :].lower()
             if name in fields:

@@ -776,17 +776,16 @@ def test_rebuild_makes_8_bit_weights_7_bit(multitask: Path, tmp_path: Path) -> N
             if w in inits and inits[w].dtype == np.int8
         }
 
+    only_seven_bit = {"quantize_all": False, "unfuse": False, "seven_bit_weights": True}
     before = weights(src)
     assert before and max(int(np.abs(q.astype(np.int16)).max()) for q, _ in before.values()) > 64
     out = rebuild(
         RebuildConfig(
             source=src,
             output=tmp_path / "toy" / "2",
-            quantize_all=False,
-            unfuse=False,
-            seven_bit_weights=True,
             min_agreement=0.8,
             max_drop=0.05,
+            **only_seven_bit,
         )
     )
     after = weights(out)
@@ -803,15 +802,7 @@ def test_rebuild_makes_8_bit_weights_7_bit(multitask: Path, tmp_path: Path) -> N
     assert raw["quantization"]["reduce_range"] is True
     assert "7-bit" in (out / "README.md").read_text()
     with pytest.raises(ValueError, match="nothing to rebuild"):
-        rebuild(
-            RebuildConfig(
-                source=out,
-                output=tmp_path / "toy" / "3",
-                quantize_all=False,
-                unfuse=False,
-                seven_bit_weights=True,
-            )
-        )
+        rebuild(RebuildConfig(source=out, output=tmp_path / "toy" / "3", **only_seven_bit))
 
 
 def _fused_fp32_graph(checkpoint: Path, path: Path) -> None:

@@ -1,6 +1,6 @@
 """A served model folder -> a new version with the same weights and today's graph choices.
 
-Two rewrites, each measured (docs/performance.md) and each optional:
+The rewrites, each measured (docs/performance.md) and each optional:
 
 - ``quantize_all``: older exports kept a few MatMuls in fp32 (the ones whose quantization
   flipped most predictions on calibration texts). On the shipped sentiment model those nodes
@@ -180,9 +180,6 @@ def requantize_seven_bit(src: Path, dst: Path) -> list[str]:
             continue
         if int(np.abs(q.astype(np.int16)).max()) <= 64:
             continue  # already 7-bit
-        users = [n for n in model.graph.node if scale_name in n.input]
-        if any(name not in n.input and n.op_type == "QAttention" for n in users):
-            continue  # a scale shared with another weight: leave both alone
         q7 = np.clip(np.round(q.astype(np.float32) / 2), -64, 64).astype(np.int8)
         scale = numpy_helper.to_array(inits[scale_name]).astype(np.float32) * 2
         inits[name].CopyFrom(numpy_helper.from_array(q7, name))
