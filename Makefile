@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: export-multitask export-student export-reviews train-single train-multitask adapt-tweets train-single-mlm distill-student train-reviews eda
+.PHONY: train-multitask-ema export-multitask-v3 export-multitask export-student export-reviews train-single train-multitask adapt-tweets train-single-mlm distill-student train-reviews eda
 .PHONY: install system-deps venv test unit integration lint format docs bench bench-quick bench-guard bench-classify bench-server bench-stream bench-overload soak audit proto serve train-sentiment export-sentiment rebuild-sentiment rebuild-student eval-sentiment clean
 
 install: system-deps venv  ## everything: Debian packages, virtualenv, package with [train,dev] extras
@@ -103,6 +103,10 @@ TRAIN_MULTI = $(BIN)/sentistream train --tasks $(TASKS) --teachers $(TEACHERS) -
 # models (--select-against) instead of the best mean: tried in stop 14, not shipped (see
 # docs/training.md). The trajectory is the shipped run's (same seed and data).
 TRAIN_MULTI_WORST_GAP = $(BIN)/sentistream train --tasks $(TASKS) --teachers $(TEACHERS) --select-against $(TEACHERS) --output runs/multi-v4 --epochs 2.5 --task-sampling-alpha 0.75 --lr 5e-5 --batch-size 32 --max-length 128 --eval-every 380 --patience 100 --seed 42 --threads 2 --resume
+# v3: the same teachers and sampling, 3 epochs, weights averaged over steps (--ema 0.999: the
+# evaluated and kept weights are the moving average), selected by the worst gap to the
+# single-task models over the whole schedule.
+TRAIN_MULTI_EMA = $(BIN)/sentistream train --tasks $(TASKS) --teachers $(TEACHERS) --select-against $(TEACHERS) --output runs/multi-v5 --epochs 3 --task-sampling-alpha 0.75 --lr 5e-5 --batch-size 32 --max-length 128 --eval-every 760 --patience 100 --ema 0.999 --seed 42 --threads 2 --resume
 ADAPT = $(BIN)/sentistream adapt $(DATA)/stream/tweets.jsonl $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --exclude-val $(TE)/sentiment $(TE)/emotion $(TE)/hate $(TE)/irony $(TE)/offensive --output runs/mlm-tweets --steps 1000 --head-steps 100 --batch-size 64 --lr 5e-5 --max-length 64 --seed 42 --threads 2
 DISTILL = $(BIN)/sentistream distill $(MODELS_DIR)/tweet-multitask/1 --output runs/student-v3 --unlabeled $(DATA)/stream/tweets.jsonl --max-unlabeled 40000 --task-teachers sentiment=$(SENTIMENT_MODEL) --layers 0,1,2 --epochs 1.2 --lr 1e-4 --batch-size 32 --seed 42 --threads 2
 TRAIN_REVIEWS = $(BIN)/sentistream train --tasks reviews=$(DATA)/sst2/train.tsv,$(DATA)/imdb/train.csv@6000 --label-names negative,positive --output runs/reviews-v2 --epochs 1.5 --lr 5e-5 --batch-size 32 --max-length 256 --max-chars 8000 --truncation head_tail --seed 42 --threads 2 --resume
@@ -119,6 +123,9 @@ train-single-mlm:  ## the adaptation ablation: the small tasks again from the ad
 train-multitask:  ## one encoder, five TweetEval heads, single-task teachers annealed to gold labels
 	$(TRAIN_MULTI)
 
+train-multitask-ema:  ## tweet-multitask v3: 3 epochs, moving-average weights, worst-gap selection
+	$(TRAIN_MULTI_EMA)
+
 train-multitask-worst-gap:  ## the same run, weights selected by the worst gap to the single-task models
 	$(TRAIN_MULTI_WORST_GAP)
 
@@ -131,6 +138,9 @@ train-reviews:  ## binary reviews model on SST-2 + IMDB (head+tail truncation)
 MODELS_DIR = src/sentistream/models
 export-multitask:  ## int8 export of the multi-task model (every task verified and calibrated)
 	$(BIN)/sentistream export runs/multi-v3 --output $(MODELS_DIR)/tweet-multitask/2 --name tweet-multitask --version 2 --no-unfuse --verify-data $(TE)/sentiment --description "One encoder (all-MiniLM-L6-v2, 6 layers), five TweetEval heads: sentiment, emotion, hate, irony, offensive; single-task teachers annealed to gold labels." --command-line "$(TRAIN_MULTI:$(BIN)/%=%)"
+
+export-multitask-v3:  ## int8 export of the moving-average multi-task run -> tweet-multitask v3
+	$(BIN)/sentistream export runs/multi-v5 --output $(MODELS_DIR)/tweet-multitask/3 --name tweet-multitask --version 3 --no-unfuse --verify-data $(TE)/sentiment --description "One encoder (all-MiniLM-L6-v2, 6 layers), five TweetEval heads: sentiment, emotion, hate, irony, offensive; single-task teachers annealed to gold labels, moving-average weights." --command-line "$(TRAIN_MULTI_EMA:$(BIN)/%=%)"
 
 export-student:  ## int8 export of the distilled 3-layer student
 	$(BIN)/sentistream export runs/student-v3 --output $(MODELS_DIR)/tweet-multitask-fast/1 --name tweet-multitask-fast --version 1 --no-unfuse --verify-data $(TE)/sentiment --description "3-layer student distilled from tweet-multitask v1 and tweet-sentiment v1: the same five TweetEval tasks at about twice the speed." --command-line "$(DISTILL:$(BIN)/%=%)"

@@ -535,6 +535,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--eval-every", type=int)
     p.add_argument("--patience", type=int)
+    p.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="evaluate and keep an exponential moving average of the weights (e.g. 0.999)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--bf16",

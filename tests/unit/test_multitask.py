@@ -261,6 +261,48 @@ def test_selection_against_references_keeps_the_smallest_worst_gap(
     )
 
 
+def test_weight_average_follows_the_formula_and_is_what_gets_kept(
+    two_tasks: dict[str, Path], tiny_backbone: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from sentistream.training.backbone import load_backbone
+    from sentistream.training.finetune import WeightAverage, finetune
+    from sentistream.training.model import MultiTaskModel
+
+    encoder, _, _ = load_backbone(str(tiny_backbone))
+    model = MultiTaskModel(encoder, {"a": ["x", "y"]})
+    average = WeightAverage(model, decay=0.99)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update(model, step=1)  # ramp: d = min(0.99, 2/11)
+    d = 2 / 11
+    for key, old in before.items():
+        if old.dtype.is_floating_point:
+            new = model.state_dict()[key]
+            torch.testing.assert_close(average.model.state_dict()[key], d * old + (1 - d) * new)
+    assert not any(p.requires_grad for p in average.model.parameters())
+
+    # with --ema the checkpoint holds the average, not the last trained weights (one
+    # evaluation, at the last step, so that is the kept state)
+    out = finetune(
+        _config(two_tasks, tiny_backbone, tmp_path / "ema", epochs=2, eval_every=10_000, ema=0.9)
+    )
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["training_config"]["ema"] == 0.9
+    assert meta["best_step"] == meta["steps"] and len(meta["history"]) == 1
+    state = load_file(str(tmp_path / "ema" / "resume" / "state.safetensors"))
+    saved = load_file(str(out / "model.safetensors"))
+    moved = 0
+    for key, value in saved.items():
+        torch.testing.assert_close(value, state[f"ema.{key}"])
+        if value.dtype.is_floating_point:
+            moved += not torch.allclose(value, state[f"model.{key}"])
+    assert moved > len(saved) // 2
+
+
 def test_multitask_model_learns_every_task(multitask: Path) -> None:
     meta = json.loads((multitask / "checkpoint.json").read_text())
     assert meta["task_order"] == ["sentiment", "irony"]
@@ -313,17 +355,19 @@ def test_multitask_export_one_pass_and_task_selection(
     assert set(only.tasks) == {"irony"}
 
 
+@pytest.mark.parametrize("ema", [0.0, 0.9], ids=["raw", "ema"])
 def test_interrupted_run_resumes_to_the_same_weights(
     two_tasks: dict[str, Path],
     tiny_backbone: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    ema: float,
 ) -> None:
     from safetensors.torch import load_file
 
     import sentistream.training.finetune as ft
 
-    kw = dict(epochs=2, eval_every=4)
+    kw = dict(epochs=2, eval_every=4, ema=ema)
     straight = ft.finetune(_config(two_tasks, tiny_backbone, tmp_path / "a", **kw))
 
     real = ft.evaluate_tasks

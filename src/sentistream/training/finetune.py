@@ -7,7 +7,8 @@ batches with per-batch padding -> AdamW with linear warmup/decay, per-task class
 cross-entropy where each example contributes only to the heads of the tasks it has a label for
 (the others are masked) -> evaluate every task on validation every ``eval_every`` steps with its
 official metric -> keep the best weights (mean official score over tasks), stop early when they
-stop improving -> write a checkpoint folder.
+stop improving -> write a checkpoint folder. With ``ema`` the evaluated and kept weights are an
+exponential moving average of the trained ones (Polyak averaging).
 
 A run can resume: the optimizer, scheduler, RNG and position are saved under
 ``<output>/resume/`` at every evaluation, and ``--resume`` continues from there.
@@ -15,6 +16,7 @@ A run can resume: the optimizer, scheduler, RNG and position are saved under
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -43,6 +45,7 @@ __all__ = [
     "IGNORE",
     "FinetuneConfig",
     "TaskData",
+    "WeightAverage",
     "bucketed_batches",
     "encode_texts",
     "finetune",
@@ -98,6 +101,13 @@ class FinetuneConfig(BaseModel):
     )
     eval_every: int = Field(0, ge=0, description="steps between evaluations (0: twice per epoch)")
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
+    ema: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="evaluate and keep an exponential moving average of the weights with this "
+        "decay per step (e.g. 0.999; 0: the raw weights)",
+    )
     seed: int = 42
     bf16: bool | None = Field(
         None, description="bf16 autocast; default: where the hardware has it (resolve_bf16)"
@@ -548,11 +558,42 @@ def evaluate_sources(
     return out
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights, kept in a copy of the model that is
+    evaluated instead of the trained one (Polyak averaging: the average of the last ~1/(1-decay)
+    steps sits nearer the bottom of the valley SGD bounces around in, so validation scores swing
+    less between evaluations). The decay ramps up as ``min(decay, (1+step)/(10+step))`` so the
+    random early weights do not linger."""
+
+    def __init__(self, model: MultiTaskModel, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def _floats(self, model: nn.Module) -> list[torch.Tensor]:
+        return [v for v in model.state_dict().values() if v.dtype.is_floating_point]
+
+    @torch.no_grad()
+    def update(self, model: MultiTaskModel, step: int) -> None:
+        """Blend in the weights after optimizer step number ``step`` (1-based)."""
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self._floats(self.model), self._floats(model), 1.0 - d)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+
+
 def _training_state(
-    model: MultiTaskModel, optimizer: torch.optim.Optimizer, scheduler: Any
+    model: MultiTaskModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    average: WeightAverage | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Model, optimizer, scheduler and RNG state as safetensors tensors + JSON (no pickle)."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors.update({f"ema.{k}": v for k, v in average.state().items()})
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for idx, state in opt["state"].items():
@@ -576,12 +617,18 @@ def _restore_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     device: torch.device,
+    average: WeightAverage | None = None,
 ) -> None:
     tensors = load_file(str(folder / "state.safetensors"))
     meta = json.loads((folder / "state.json").read_text())
     model.load_state_dict(
         {k[len("model.") :]: v.to(device) for k, v in tensors.items() if k.startswith("model.")}
     )
+    if average is not None:
+        ema = {k[len("ema.") :]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
+        if not ema:
+            raise ValueError(f"{folder} holds no weight average: it was saved without --ema")
+        average.model.load_state_dict(ema)
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -603,9 +650,10 @@ def _save_resume(
     scheduler: Any,
     best_state: dict[str, torch.Tensor] | None,
     progress: dict[str, Any],
+    average: WeightAverage | None = None,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tensors, meta = _training_state(model, optimizer, scheduler)
+    tensors, meta = _training_state(model, optimizer, scheduler, average)
     save_file(tensors, str(folder / "state.safetensors.tmp"))
     (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
     (folder / "state.json.tmp").write_text(json.dumps(meta))
@@ -721,12 +769,13 @@ def finetune(config: FinetuneConfig) -> Path:
         _class_weights(t.train_y, len(t.labels), config.class_weighting).to(device) for t in tasks
     ]
 
+    average = WeightAverage(model, config.ema) if config.ema > 0 else None
     best_score, best_state, best_step = -math.inf, None, 0
     history: list[dict[str, Any]] = []
     evals_without_gain, step, epoch, position, stop = 0, 0, 0, 0, False
     resume_dir = config.output / "resume"
     if config.resume and (resume_dir / "progress.json").exists():
-        _restore_training_state(resume_dir, model, optimizer, scheduler, device)
+        _restore_training_state(resume_dir, model, optimizer, scheduler, device, average)
         progress_state = json.loads((resume_dir / "progress.json").read_text())
         step, epoch, position = (
             progress_state["step"],
@@ -770,10 +819,13 @@ def finetune(config: FinetuneConfig) -> Path:
             optimizer.step()
             scheduler.step()
             step += 1
+            if average is not None:
+                average.update(model, step)
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}", best=f"{best_score:.4f}")
             if step % eval_every == 0 or step == total_steps:
-                reports = evaluate_tasks(model, tasks, device, bool(config.bf16))
+                judged = average.model if average is not None else model
+                reports = evaluate_tasks(judged, tasks, device, bool(config.bf16))
                 official = {k: float(r["official_score"]) for k, r in reports.items()}
                 mean = float(np.mean(list(official.values())))
                 score = selection_score(official, references)
@@ -795,7 +847,7 @@ def finetune(config: FinetuneConfig) -> Path:
                     best_score, best_step, evals_without_gain = score, step, 0
                     best_state = {
                         k: v.detach().clone().cpu().contiguous()
-                        for k, v in model.state_dict().items()
+                        for k, v in judged.state_dict().items()
                     }
                 else:
                     evals_without_gain += 1
@@ -817,6 +869,7 @@ def finetune(config: FinetuneConfig) -> Path:
                         "history": history,
                         "evals_without_gain": evals_without_gain,
                     },
+                    average,
                 )
             if step >= total_steps or stop:
                 break
