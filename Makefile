@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: train-multitask-ema export-multitask-v3 export-multitask export-student export-reviews train-single train-multitask adapt-tweets train-single-mlm distill-student train-reviews eda
+.PHONY: train-multitask-ema train-single-ema export-multitask-v3 export-multitask export-student export-reviews train-single train-multitask adapt-tweets train-single-mlm distill-student train-reviews eda
 .PHONY: install system-deps venv test unit integration lint format docs bench bench-quick bench-guard bench-classify bench-server bench-stream bench-overload soak audit proto serve train-sentiment export-sentiment rebuild-sentiment rebuild-student eval-sentiment clean
 
 install: system-deps venv  ## everything: Debian packages, virtualenv, package with [train,dev] extras
@@ -113,6 +113,9 @@ TRAIN_REVIEWS = $(BIN)/sentistream train --tasks reviews=$(DATA)/sst2/train.tsv,
 
 train-single:  ## single-task fine-tunes: multi-task teachers and the comparison baselines
 	for t in irony emotion hate offensive; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --output runs/single-$$t $(TRAIN_COMMON) || exit 1; done
+
+train-single-ema:  ## the single-task baselines with the multi-task v3 recipe's moving average (--ema 0.999)
+	for t in irony emotion hate offensive sentiment; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --output runs/single-ema-$$t $(TRAIN_COMMON) --ema 0.999 || exit 1; done
 
 adapt-tweets:  ## domain adaptation: MLM on unlabeled tweets + training texts (validation excluded)
 	$(ADAPT)
