@@ -111,17 +111,22 @@ ADAPT = $(BIN)/sentistream adapt $(DATA)/stream/tweets.jsonl $(TE)/sentiment $(T
 DISTILL = $(BIN)/sentistream distill $(MODELS_DIR)/tweet-multitask/1 --output runs/student-v3 --unlabeled $(DATA)/stream/tweets.jsonl --max-unlabeled 40000 --task-teachers sentiment=$(SENTIMENT_MODEL) --layers 0,1,2 --epochs 1.2 --lr 1e-4 --batch-size 32 --seed 42 --threads 2
 TRAIN_REVIEWS = $(BIN)/sentistream train --tasks reviews=$(DATA)/sst2/train.tsv,$(DATA)/imdb/train.csv@6000 --label-names negative,positive --output runs/reviews-v2 --epochs 1.5 --lr 5e-5 --batch-size 32 --max-length 256 --max-chars 8000 --truncation head_tail --seed 42 --threads 2 --resume
 
+# One single-task fine-tune per task in SINGLE_TASKS -> runs/$(SINGLE_RUN)-TASK (extra flags: SINGLE_ARGS).
+SINGLE_TASKS ?= irony emotion hate offensive
+SINGLE_RUN ?= single
+SINGLE_ARGS ?=
+
 train-single:  ## single-task fine-tunes: multi-task teachers and the comparison baselines
-	for t in irony emotion hate offensive; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --output runs/single-$$t $(TRAIN_COMMON) || exit 1; done
+	for t in $(SINGLE_TASKS); do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --output runs/$(SINGLE_RUN)-$$t $(TRAIN_COMMON) $(SINGLE_ARGS) || exit 1; done
 
 train-single-ema:  ## the single-task baselines with the multi-task v3 recipe's moving average (--ema 0.999)
-	for t in irony emotion hate offensive sentiment; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --output runs/single-ema-$$t $(TRAIN_COMMON) --ema 0.999 || exit 1; done
+	$(MAKE) train-single SINGLE_TASKS="irony emotion hate offensive sentiment" SINGLE_RUN=single-ema SINGLE_ARGS="--ema 0.999"
 
 adapt-tweets:  ## domain adaptation: MLM on unlabeled tweets + training texts (validation excluded)
 	$(ADAPT)
 
 train-single-mlm:  ## the adaptation ablation: the small tasks again from the adapted encoder
-	for t in irony emotion hate; do $(BIN)/sentistream train --data $(TE)/$$t --task $$t --base-model runs/mlm-tweets --output runs/single-mlm-$$t $(TRAIN_COMMON) || exit 1; done
+	$(MAKE) train-single SINGLE_TASKS="irony emotion hate" SINGLE_RUN=single-mlm SINGLE_ARGS="--base-model runs/mlm-tweets"
 
 train-multitask:  ## one encoder, five TweetEval heads, single-task teachers annealed to gold labels
 	$(TRAIN_MULTI)
