@@ -80,9 +80,11 @@ class Settings(BaseModel):
         32, ge=1, le=1024, description="Most texts in one forward pass (a large request is split)."
     )
     max_batch_tokens: int = Field(
-        1024,
-        ge=64,
-        description="Most tokens (batch width x rows, padding included) in one forward pass.",
+        0,
+        ge=0,
+        description="Most tokens (batch width x rows, padding included) in one forward pass; "
+        "0: auto, 256 with one intra-op thread (activations stay in the core's cache) and 1024 "
+        "with more (enough rows per operator to share out). Otherwise at least 64.",
     )
     max_text_chars: int = Field(
         20_000,
@@ -344,8 +346,29 @@ class Settings(BaseModel):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @field_validator("max_batch_tokens")
+    @classmethod
+    def _token_budget(cls, value: int) -> int:
+        if 0 < value < 64:
+            raise ValueError("0 (auto) or at least 64")
+        return value
+
     def resolved_intra_op_threads(self) -> int:
         return self.intra_op_threads or max(1, default_threads() // self.workers)
+
+    def resolved_max_batch_tokens(self) -> int:
+        """The token budget of one forward pass: the setting, or by thread count when 0.
+
+        One thread: 256 tokens (about 8 tweets) per pass keeps every activation of a layer in
+        the core's own cache, so the memory-bound operators between the int8 matmuls (GELU,
+        residual adds, layer norms, activation quantization) run from cache: 1.20x the
+        posts/s of 1024-token passes on an AMX Xeon (docs/performance.md, tuning log). Two or
+        more threads: 1024, since each operator is split across the threads and small passes
+        spend their time synchronising them (256 tokens on two threads: 0.83x).
+        """
+        if self.max_batch_tokens:
+            return self.max_batch_tokens
+        return 256 if self.resolved_intra_op_threads() == 1 else 1024
 
 
 def settings_markdown() -> str:

@@ -54,6 +54,24 @@ def test_cli_does_not_import_pydantic_settings() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_token_budget_follows_thread_count(tiny_repo: Path) -> None:
+    from sentistream.runtime import load_onnx_classifier
+
+    # 0 (the default) is auto: small passes for one thread, larger ones to share out over more.
+    assert Settings(intra_op_threads=1).resolved_max_batch_tokens() == 256
+    assert Settings(intra_op_threads=2).resolved_max_batch_tokens() == 1024
+    assert Settings(intra_op_threads=1, max_batch_tokens=2048).resolved_max_batch_tokens() == 2048
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        Settings(max_batch_tokens=10)
+    folder = next(p.parent for p in tiny_repo.rglob("manifest.json"))
+    one = load_onnx_classifier(folder, Settings(intra_op_threads=1))
+    two = load_onnx_classifier(folder, Settings(intra_op_threads=2))
+    assert (one.max_batch_tokens, two.max_batch_tokens) == (256, 1024)
+    # a batch of 20 texts of 30 tokens: 256 tokens hold 8 of them, 1024 hold 32 (batch_size)
+    assert [len(b) for b in one.plan_batches([30] * 20)] == [8, 8, 4]
+    assert [len(b) for b in two.plan_batches([30] * 20)] == [20]
+
+
 def test_invalid_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENTISTREAM_BATCH_SIZE", "zero")
     with pytest.raises(ValueError, match="batch_size"):

@@ -53,7 +53,7 @@ def load_onnx_classifier(folder: Path, settings: Settings) -> Classifier:
         version=manifest.version,
         temperatures={task: spec.temperature for task, spec in manifest.tasks.items()},
         batch_size=settings.batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_tokens=settings.resolved_max_batch_tokens(),
         max_text_chars=settings.max_text_chars,
     )
 
@@ -83,7 +83,7 @@ def load_classifier(settings: Settings) -> Classifier:
             name=parts["name"],
             version=parts["version"],
             batch_size=settings.batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_tokens=settings.resolved_max_batch_tokens(),
             max_text_chars=settings.max_text_chars,
         )
     from sentistream.repository import ModelRepository
