@@ -102,10 +102,11 @@ def _free_port() -> int:
 
 
 def ours_server_cmd(
-    model: str, threads: int, only: bool = False
+    model: str, threads: int, only: bool = False, http_only: bool = False
 ) -> tuple[list[str], str, str, dict[str, Any]]:
     """``sentistream serve``: every model of the repository (the default), or with ``only``
-    just ``model`` (``--serve-models``: the serverless deployment, one model per function)."""
+    just ``model`` (``--serve-models``: one model per process); ``http_only`` adds
+    ``--no-grpc-enabled`` (the serverless deployment: platforms that route one HTTP port)."""
     port, grpc = _free_port(), _free_port()
     cmd = [
         sys.executable, "-m", "sentistream", "serve", "--host", "127.0.0.1",
@@ -115,6 +116,8 @@ def ours_server_cmd(
     ]  # fmt: skip
     if only:
         cmd += ["--serve-models", model]
+    if http_only:
+        cmd += ["--no-grpc-enabled"]
     base = f"http://127.0.0.1:{port}"
     return cmd, f"{base}/v2/health/ready", f"{base}/v1/classify", {"text": TEXT}
 
@@ -175,6 +178,7 @@ def serverless_profile(
     probe_hf: list[dict[str, Any]] = []
     server_ours: list[dict[str, float]] = []
     server_one: list[dict[str, float]] = []
+    server_http: list[dict[str, float]] = []
     server_hf: list[dict[str, float]] = []
     for _ in range(repeats):
         r = run_measured(cli, child_env())
@@ -184,6 +188,9 @@ def serverless_profile(
         if include_servers:
             server_ours.append(server_cold_start(*ours_server_cmd(model, threads)))
             server_one.append(server_cold_start(*ours_server_cmd(model, threads, only=True)))
+            server_http.append(
+                server_cold_start(*ours_server_cmd(model, threads, only=True, http_only=True))
+            )
             server_hf.append(server_cold_start(*baseline_server_cmd(checkpoint, threads, model)))
     phase_keys = ["wall_s", "import_s", "load_s", "first_answer_s", "peak_rss_mb"]
     ckpt_file = checkpoint / "model.safetensors" if checkpoint else None
@@ -227,6 +234,12 @@ def serverless_profile(
             "serverless shape: one model per process)",
             **_summary(server_one, keys),
         }
+        out["server_serverless"] = {
+            "command": f"sentistream serve --model {model} --serve-models {model} "
+            "--no-grpc-enabled (the serverless shape: one model, HTTP only, as "
+            "deploy/serverless/cloudrun.yaml)",
+            **_summary(server_http, keys),
+        }
         out["baseline_server"] = {
             "command": "python benchmarks/hf_baseline.py --port P (FastAPI + transformers "
             "pipeline; ready: GET /ready, answer: POST /predict)",
@@ -258,7 +271,7 @@ def serverless_profile(
         "cli_peak_rss_met": out["cli"]["peak_rss_mb"]["median"] < 200,
     }
     if include_servers:
-        for key in ("server", "server_one_model"):
+        for key in ("server", "server_one_model", "server_serverless"):
             out["targets"][f"{key}_first_answer_met"] = out[key]["first_answer_s"]["median"] < 0.5
             out["targets"][f"{key}_peak_rss_met"] = out[key]["peak_rss_mb"]["median"] < 200
     return out

@@ -328,6 +328,9 @@ def plots(results: dict[str, Any], stem: str) -> list[str]:
         if "server_one_model" in sl:
             one = sl["server_one_model"]
             rows.insert(3, ("server, 1 model", one["first_answer_s"], one["peak_rss_mb"]))
+        if "server_serverless" in sl:
+            one = sl["server_serverless"]
+            rows.insert(4, ("1 model, HTTP", one["first_answer_s"], one["peak_rss_mb"]))
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
         colors = ["tab:gray" if "pipeline" in r[0] else "tab:green" for r in rows]
         a1.bar([r[0] for r in rows], [r[1]["median"] for r in rows], color=colors)
@@ -561,6 +564,8 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
             ]
             for key, name in (("server", "sentistream serve (every model)"),
                               ("server_one_model", "sentistream serve --serve-models M"),
+                              ("server_serverless",
+                               "sentistream serve --serve-models M --no-grpc-enabled"),
                               ("baseline_server", "FastAPI + pipeline")):  # fmt: skip
                 if key not in s:
                     continue

@@ -25,6 +25,7 @@ _SERVER_FLAGS = (
     "host",
     "http_port",
     "grpc_port",
+    "grpc_enabled",
     "serve_models",
     "version_policy",
     "model_poll_seconds",
@@ -207,9 +208,17 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    registry = None
+    if settings.workers == 1:
+        # Models load on a thread while the HTTP and gRPC stacks are imported below.
+        from sentistream.server.registry import ModelRegistry
+
+        registry = ModelRegistry(settings)
+        registry.preload()
     from sentistream.server.app import serve
 
-    return serve(_settings(args))
+    return serve(settings, registry)
 
 
 def _cmd_admin(args: argparse.Namespace) -> int:
@@ -720,6 +729,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--host")
     g.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
     g.add_argument("--grpc-port", type=int, help="gRPC port (default 8500)")
+    g.add_argument(
+        "--grpc-enabled",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve gRPC (default); --no-grpc-enabled: HTTP only, faster cold start",
+    )
     g.add_argument(
         "--serve-models",
         type=lambda v: [x for x in v.split(",") if x],

@@ -126,6 +126,11 @@ class Settings(BaseModel):
         le=65535,
         description="gRPC port (KServe V2 and TF Serving PredictionService), 8500 like TF Serving.",
     )
+    grpc_enabled: bool = Field(
+        True,
+        description="Serve gRPC on grpc_port. false: HTTP only, and grpc is not even imported "
+        "(~0.07 s less cold start): for platforms that route one port (Cloud Run, Lambda URLs).",
+    )
     serve_models: list[str] = Field(
         default_factory=list,
         description="Models to serve, comma-separated NAME or NAME:VERSION (a version pins it); "

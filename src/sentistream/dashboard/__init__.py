@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -192,13 +191,20 @@ async def _events(
     def stats_event() -> str:
         return _event("stats", json.dumps({**stats(), "feed": feed.stream if feed else None}))
 
+    # redis is imported only where a feed exists: the package costs ~0.1 s of import, which a
+    # model server without a dashboard stream (the serverless shape) should not pay at start.
+    errors: tuple[type[BaseException], ...] = (OSError,)
+    if feed is not None:
+        from redis.exceptions import RedisError
+
+        errors = (RedisError, OSError)
     yield "retry: 2000\n\n"
     yield stats_event()
     last = "0-0"
     if feed is not None:
         try:
             entries, last = await feed.history(history, after)
-        except (RedisError, OSError) as exc:  # Redis away: show stats, keep trying to follow
+        except errors as exc:  # Redis away: show stats, keep trying to follow
             log.warning("dashboard history unavailable: %s", type(exc).__name__)
             entries, last = [], after or "$"
         for entry_id, data in entries:
@@ -213,7 +219,7 @@ async def _events(
                 for entry_id, data in await feed.follow(last, wait):
                     last = entry_id
                     yield _event("record", data, entry_id)
-            except (RedisError, OSError) as exc:  # Redis away: retry, keep sending stats
+            except errors as exc:  # Redis away: retry, keep sending stats
                 log.warning("dashboard feed unavailable: %s", type(exc).__name__)
                 await asyncio.sleep(1.0)
         if loop.time() >= next_stats:

@@ -14,6 +14,7 @@ from sentistream.runtime.base import Backend, Classifier, Prediction, TaskPredic
 
 if TYPE_CHECKING:
     from sentistream.config import Settings
+    from sentistream.manifest import Manifest
 
 __all__ = [
     "Backend",
@@ -25,14 +26,17 @@ __all__ = [
 ]
 
 
-def load_onnx_classifier(folder: Path, settings: Settings) -> Classifier:
-    """A classifier over one validated model version folder."""
+def load_onnx_classifier(
+    folder: Path, settings: Settings, manifest: Manifest | None = None
+) -> Classifier:
+    """A classifier over one validated model version folder. ``manifest``: the folder's
+    manifest when the caller has already read and verified it (its files are hashed once)."""
     from tokenizers import Tokenizer
 
     from sentistream.manifest import load_manifest
     from sentistream.runtime.onnx import OnnxBackend
 
-    manifest = load_manifest(folder)
+    manifest = manifest or load_manifest(folder)
     backend = OnnxBackend(
         folder / "model.onnx",
         {task: spec.output for task, spec in manifest.tasks.items()},

@@ -17,12 +17,12 @@ import os
 import signal
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
 from sentistream.config import Settings
 from sentistream.monitoring import ServerMetrics
-from sentistream.server.grpc_api import build_grpc_server
 from sentistream.server.logs import configure_logging
 from sentistream.server.registry import ModelRegistry
 from sentistream.server.rest import create_app
@@ -56,11 +56,18 @@ def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-async def serve_async(settings: Settings) -> int:
+async def serve_async(settings: Settings, registry: ModelRegistry | None = None) -> int:
+    """Serve until SIGTERM. ``registry``: one made (and perhaps preloading) by the caller."""
     metrics = ServerMetrics()
-    registry = ModelRegistry(settings, observer=metrics)
+    registry = registry or ModelRegistry(settings)
+    registry.observer = metrics
     app = create_app(registry, metrics, settings)
-    grpc_server, grpc_port = build_grpc_server(registry, metrics, settings)
+    grpc_server: Any = None
+    grpc_port: int | None = None
+    if settings.grpc_enabled:  # imported here: an HTTP-only server never loads grpc
+        from sentistream.server.grpc_api import build_grpc_server
+
+        grpc_server, grpc_port = build_grpc_server(registry, metrics, settings)
     sock = _bind(settings.host, settings.http_port, settings.workers > 1)
     http_port = sock.getsockname()[1]
     tls = settings.tls_cert_file and settings.tls_key_file
@@ -69,6 +76,7 @@ async def serve_async(settings: Settings) -> int:
         log_config=None,
         access_log=False,
         lifespan="off",
+        ws="none",  # no WebSocket routes: skips importing a WebSocket library at start
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         ssl_certfile=str(settings.tls_cert_file) if tls else None,
         ssl_keyfile=str(settings.tls_key_file) if tls else None,
@@ -92,7 +100,8 @@ async def serve_async(settings: Settings) -> int:
             log.error("model loading failed: %s", getattr(exc, "message", exc))
             sock.close()
             return 1
-    await grpc_server.start()
+    if grpc_server is not None:
+        await grpc_server.start()
     http_task = loop.create_task(http.serve(sockets=[sock]))
     log.info(
         "listening",
@@ -128,9 +137,10 @@ async def serve_async(settings: Settings) -> int:
         registry.draining = True
         registry.ready = False
         http.should_exit = True
-        await asyncio.gather(
-            grpc_server.stop(settings.drain_seconds), http_task, return_exceptions=True
-        )
+        stopping = [http_task]
+        if grpc_server is not None:
+            stopping.append(grpc_server.stop(settings.drain_seconds))
+        await asyncio.gather(*stopping, return_exceptions=True)
         await registry.drain(settings.drain_seconds)
         await registry.close()
         log.info("stopped")
@@ -143,11 +153,12 @@ def _worker(settings_json: str) -> None:
     raise SystemExit(asyncio.run(serve_async(settings)))
 
 
-def serve(settings: Settings) -> int:
-    """Run the server until SIGTERM; returns the exit code."""
+def serve(settings: Settings, registry: ModelRegistry | None = None) -> int:
+    """Run the server until SIGTERM; returns the exit code. ``registry`` (one process only):
+    a registry the caller made, typically already preloading (``sentistream serve``)."""
     configure_logging(settings.log_level, settings.log_format)
     if settings.workers == 1:
-        return asyncio.run(serve_async(settings))
+        return asyncio.run(serve_async(settings, registry))
     ctx = multiprocessing.get_context("spawn")
     data = settings.model_dump_json(exclude={"auth_token"})
     if settings.auth_token is not None:  # model_dump_json masks secrets: pass it through env

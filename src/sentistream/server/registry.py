@@ -11,7 +11,9 @@ reason and the old one keeps serving. ``load``/``unload``/``rollback`` do the sa
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +74,10 @@ class ModelRegistry:
         ] = {}  # broken folders: (name, version) -> mtime
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
+        # (name, version) -> its manifest and warmed classifier, being built by preload()
+        self._preloaded: dict[
+            tuple[str, str], concurrent.futures.Future[tuple[Manifest, Classifier]]
+        ] = {}
         self.ready = False
         self.draining = False
         self.in_flight = 0
@@ -95,6 +101,36 @@ class ModelRegistry:
         return [policy] if policy in available else []
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def preload(self) -> None:
+        """Start building the models :meth:`start` will serve, on a background thread, now.
+
+        ``sentistream serve`` calls this before it imports the HTTP and gRPC stacks: ONNX
+        Runtime builds and warms the session in C++ with the GIL released, so model loading
+        overlaps the main thread's imports of FastAPI, uvicorn and grpc instead of following
+        them (the serverless cold start). :meth:`start` takes what was built here instead of
+        building it again; a model that failed to build fails there, exactly as without
+        preloading. Without a call to this method nothing changes.
+        """
+        try:
+            policy = self._configured()
+            wanted = [(n, v) for n, p in policy.items() for v in self._wanted_versions(n, p)]
+        except Exception:  # start() reports a bad configuration itself
+            return
+        for key in wanted:
+            self._preloaded[key] = concurrent.futures.Future()
+        jobs = list(self._preloaded.items())
+
+        def build() -> None:
+            for (name, version), future in jobs:
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    future.set_result(self._build_parts(name, version))
+                except BaseException as exc:  # handed to start() as is
+                    future.set_exception(exc)
+
+        threading.Thread(target=build, name="sentistream-preload", daemon=True).start()
+
     async def start(self) -> None:
         """Load and warm every configured model; ready once all of them serve."""
         self._policy = self._configured()
@@ -134,11 +170,16 @@ class ModelRegistry:
             await asyncio.sleep(0.01)
 
     # -- loading --------------------------------------------------------------------------------
-    def _build(self, name: str, version: str) -> LoadedModel:
+    def _build_parts(self, name: str, version: str) -> tuple[Manifest, Classifier]:
         folder = self.repository.root / name / version
         manifest = load_manifest(folder)
-        classifier = load_onnx_classifier(folder, self.settings)
+        classifier = load_onnx_classifier(folder, self.settings, manifest)
         classifier.classify(WARMUP_TEXTS)  # warm: first runs allocate and pick kernels
+        return manifest, classifier
+
+    def _assemble(
+        self, name: str, version: str, manifest: Manifest, classifier: Classifier
+    ) -> LoadedModel:
         batcher = DynamicBatcher(
             classifier,
             max_batch_texts=self.settings.max_batch_texts,
@@ -149,7 +190,12 @@ class ModelRegistry:
         return LoadedModel(name, version, manifest, classifier, batcher)
 
     async def _load(self, name: str, version: str) -> LoadedModel:
-        model = await asyncio.to_thread(self._build, name, version)
+        preloaded = self._preloaded.pop((name, version), None)
+        if preloaded is not None:
+            parts = await asyncio.wrap_future(preloaded)
+        else:
+            parts = await asyncio.to_thread(self._build_parts, name, version)
+        model = self._assemble(name, version, *parts)
         model.batcher.start()
         return model
 
