@@ -19,6 +19,8 @@ identical, largest probability difference) and the verdict of the rule "faster i
   of batch shape moves predictions through the per-tensor activation scale (the batch-mate
   effect, docs/performance.md), so these are judged on validation macro-recall instead of
   identical labels (``--data`` must hold ``val_labels.txt``);
+- lanes: the forward passes of one call on ``--threads`` threads at once, one intra-op thread
+  each (``classify --input``'s default), vs one pass at a time on all threads;
 - encode: ``Tokenizer.encode_batch`` vs ``encode_batch_fast`` (no character offsets);
 - padding: the row loop vs one vectorised copy into the padded arrays.
 
@@ -79,13 +81,17 @@ def make_classifier(
     threads: int = 2,
     batch_size: int = 32,
     max_batch_tokens: int = 0,
+    lanes: int = 0,
     cls: type[Classifier] = Classifier,
     **backend: Any,
 ) -> Classifier:
     """A classifier over ``folder`` with the serving defaults except what is given
     (``max_batch_tokens`` 0: the default budget for ``threads``)."""
     settings = Settings(
-        intra_op_threads=threads, batch_size=batch_size, max_batch_tokens=max_batch_tokens
+        intra_op_threads=threads,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        lanes=lanes,
     )
     base = load_onnx_classifier(folder, settings)
     if backend:
@@ -281,6 +287,16 @@ def experiments(folder: Path, threads: int) -> list[dict[str, Any]]:
                 f"default ({t} threads: {256 if t == 1 else 1024})": d,
                 "256": lambda: make_classifier(folder, threads=t, max_batch_tokens=256),
                 "512": lambda: make_classifier(folder, threads=t, max_batch_tokens=512),
+            },
+        },
+        {
+            "name": f"lanes: {t} forward passes at once x 1 thread vs 1 x {t} threads",
+            "short": "lanes",
+            "workload": "bucketed",
+            "judge": "accuracy",
+            "variants": {
+                f"default (1 lane x {t} threads)": d,
+                f"{t} lanes x 1 thread": lambda: make_classifier(folder, threads=1, lanes=t),
             },
         },
         {

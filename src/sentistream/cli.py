@@ -75,6 +75,7 @@ _SETTING_FLAGS = (
     "backend",
     "intra_op_threads",
     "inter_op_threads",
+    "lanes",
     "batch_size",
     "max_batch_tokens",
     "max_text_chars",
@@ -100,6 +101,12 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=["onnx", "torch"], default=None)
     g.add_argument("--intra-op-threads", type=int, default=None)
     g.add_argument("--inter-op-threads", type=int, default=None)
+    g.add_argument(
+        "--lanes",
+        type=int,
+        default=None,
+        help="forward passes at once, one thread each (0: auto; one per core for --input)",
+    )
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--max-batch-tokens", type=int, default=None)
     g.add_argument("--max-text-chars", type=int, default=None)
@@ -263,6 +270,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if args.input is None and not args.text:
         print("error: give a text or --input FILE", file=sys.stderr)
         return 2
+    if args.input is not None and settings.lanes == 0 and settings.intra_op_threads == 0:
+        # A file is a batch job: one single-threaded lane per core beats every core on each
+        # forward pass (fewer thread hand-offs per operator; docs/performance.md, lanes).
+        from sentistream.config import default_threads
+
+        settings = settings.model_copy(update={"lanes": default_threads()})
     classifier = load_classifier(settings)
     tasks = args.tasks.split(",") if args.tasks else None
     if args.input is None:

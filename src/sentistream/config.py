@@ -76,6 +76,13 @@ class Settings(BaseModel):
         "it to cores / replicas when several replicas share a node.",
     )
     inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime inter-op threads.")
+    lanes: int = Field(
+        0,
+        ge=0,
+        description="Forward passes of one call run at once, each on its own thread with "
+        "intra_op_threads threads (default then: cores / lanes). 0: auto, one lane per core "
+        "for `classify --input` (a batch job; 1.3x on an AMX Xeon), 1 elsewhere.",
+    )
     batch_size: int = Field(
         32, ge=1, le=1024, description="Most texts in one forward pass (a large request is split)."
     )
@@ -358,8 +365,13 @@ class Settings(BaseModel):
             raise ValueError("0 (auto) or at least 64")
         return value
 
+    def resolved_lanes(self) -> int:
+        return self.lanes or 1
+
     def resolved_intra_op_threads(self) -> int:
-        return self.intra_op_threads or max(1, default_threads() // self.workers)
+        return self.intra_op_threads or max(
+            1, default_threads() // (self.workers * self.resolved_lanes())
+        )
 
     def resolved_max_batch_tokens(self) -> int:
         """The token budget of one forward pass: the setting, or by thread count when 0.

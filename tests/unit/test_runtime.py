@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,94 @@ def test_x64_quant_precision_setting_reaches_the_session(
     assert [p.to_dict() for p in exact.classify(texts)] == [
         p.to_dict() for p in default.classify(texts)
     ]
+
+
+def test_lanes_run_the_same_batches_concurrently(tiny_repo: Path) -> None:
+    """Two lanes: the batches of one call go through the backend on two threads at once, with
+    results identical to one lane (same plan) and in the caller's order."""
+    import threading
+    import time
+
+    from sentistream.config import Settings
+    from sentistream.runtime import load_classifier
+
+    def make(lanes: int) -> Classifier:
+        return load_classifier(
+            Settings(
+                model_repository=tiny_repo,
+                model="tiny:1",
+                intra_op_threads=1,
+                batch_size=2,
+                lanes=lanes,
+            )
+        )
+
+    one, two = make(1), make(2)
+    assert (one.lanes, two.lanes) == (1, 2)
+    texts = [f"post number {i} " + "word " * (i % 9) for i in range(40)]
+    expected, _ = one.probabilities(texts)
+    forward = two.backend.forward
+    active, most = 0, 0
+    lock = threading.Lock()
+
+    def slow_forward(input_ids, attention_mask):  # type: ignore[no-untyped-def]
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        time.sleep(0.01)  # long enough for the other lane to start its batch meanwhile
+        try:
+            return forward(input_ids, attention_mask)
+        finally:
+            with lock:
+                active -= 1
+
+    two.backend.forward = slow_forward  # type: ignore[method-assign]
+    got, _ = two.probabilities(texts)
+    assert most == 2  # two forward passes were in flight at once
+    for task in expected:
+        np.testing.assert_array_equal(got[task], expected[task])
+    labels = [p.label for p in two.classify(texts)]
+    assert labels == [p.label for p in one.classify(texts)]
+
+
+def test_classify_file_runs_one_lane_per_core(tmp_path: Path, tiny_repo: Path) -> None:
+    """`classify --input` with no thread settings: lanes = cores, one intra-op thread each."""
+    import json
+    import subprocess
+    import sys
+
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(
+        "".join(json.dumps({"id": str(i), "text": f"post {i}"}) + "\n" for i in range(50))
+    )
+    code = (
+        "import sys, sentistream.runtime as rt\n"
+        "orig = rt.load_onnx_classifier\n"
+        "def spy(folder, settings, manifest=None):\n"
+        "    c = orig(folder, settings, manifest)\n"
+        "    print('lanes', c.lanes, settings.resolved_intra_op_threads(), file=sys.stderr)\n"
+        "    return c\n"
+        "rt.load_onnx_classifier = spy\n"
+        "from sentistream.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    from sentistream.config import default_threads
+
+    base = [sys.executable, "-c", code, "classify", "--model-repository", str(tiny_repo)]
+    base += ["--model", "tiny:1", "--no-progress"]
+    run = subprocess.run(
+        [*base, "--input", str(posts), "--output", str(tmp_path / "out.jsonl")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"lanes {default_threads()} 1" in run.stderr
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 50
+    pinned = subprocess.run(
+        [*base, "--intra-op-threads", "2", "--input", str(posts), "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "lanes 1 2" in pinned.stderr  # explicit threads: no lanes unless asked

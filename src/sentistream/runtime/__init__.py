@@ -59,6 +59,7 @@ def load_onnx_classifier(
         batch_size=settings.batch_size,
         max_batch_tokens=settings.resolved_max_batch_tokens(),
         max_text_chars=settings.max_text_chars,
+        lanes=settings.resolved_lanes(),
     )
 
 

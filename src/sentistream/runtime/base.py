@@ -8,7 +8,8 @@ softmax with each task's calibration temperature, and restoring the caller's ord
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -130,6 +131,7 @@ class Classifier:
         batch_size: int = 32,
         max_batch_tokens: int = 8192,
         max_text_chars: int = 20_000,
+        lanes: int = 1,
     ) -> None:
         if primary_task not in tasks:
             raise ValueError(f"primary task {primary_task!r} not in {list(tasks)}")
@@ -153,6 +155,10 @@ class Classifier:
         self.batch_size = batch_size
         self.max_batch_tokens = max(max_batch_tokens, max_length)
         self.max_text_chars = max_text_chars
+        # Forward passes of one call that run at once, each on its own thread (the backend
+        # must allow concurrent forwards: ONNX Runtime sessions do, and release the GIL).
+        self.lanes = max(1, lanes)
+        self._lane_pool: ThreadPoolExecutor | None = None
         pads = [tokenizer.token_to_id(t) for t in ("[PAD]", "<pad>")]
         self.pad_id = next((p for p in pads if p is not None), 0)
 
@@ -223,13 +229,27 @@ class Classifier:
             t: np.empty((len(ids), len(labels)), dtype=np.float32)
             for t, labels in self.tasks.items()
         }
-        for idx in self.plan_batches(lengths):
-            input_ids, mask = self._pad(ids, idx)
-            logits = self.backend.forward(input_ids, mask)
+        for idx, logits in self._forward_all(ids, self.plan_batches(lengths)):
             rows = np.asarray(idx)
             for task in self.tasks:
                 probs[task][rows] = softmax(logits[task], self.temperatures.get(task, 1.0))
         return probs, lengths
+
+    def _forward_all(
+        self, ids: list[list[int]], plan: list[list[int]]
+    ) -> Iterator[tuple[list[int], dict[str, FloatArray]]]:
+        """(batch indices, logits) of every planned batch, in plan order; with ``lanes`` > 1
+        up to that many batches run at once (same batches, so the same results)."""
+
+        def run(idx: list[int]) -> tuple[list[int], dict[str, FloatArray]]:
+            input_ids, mask = self._pad(ids, idx)
+            return idx, self.backend.forward(input_ids, mask)
+
+        if self.lanes == 1 or len(plan) == 1:
+            return map(run, plan)
+        if self._lane_pool is None:
+            self._lane_pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="lane")
+        return self._lane_pool.map(run, plan)
 
     def build_predictions(
         self,
