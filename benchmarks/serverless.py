@@ -111,7 +111,7 @@ def ours_server_cmd(
     cmd = [
         sys.executable, "-m", "sentistream", "serve", "--host", "127.0.0.1",
         "--http-port", str(port), "--grpc-port", str(grpc), "--model", model,
-        "--intra-op-threads", str(threads), "--log-level", "WARNING",
+        "--lanes", str(threads), "--intra-op-threads", "1", "--log-level", "WARNING",
         "--model-poll-seconds", "0",
     ]  # fmt: skip
     if only:

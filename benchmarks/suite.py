@@ -119,7 +119,7 @@ def classify_section(
         def ours() -> dict[str, float]:
             r = run_measured(
                 [*cli, "--input", str(src), "--output", str(out), "--no-progress",
-                 "--intra-op-threads", str(threads)],
+                 "--lanes", str(threads), "--intra-op-threads", "1"],
                 child_env(),
             )  # fmt: skip
             summary = json.loads(r["stderr"].strip().splitlines()[-1])
@@ -164,7 +164,8 @@ def classify_section(
         "data": f"{data / 'val_text.txt'} as JSONL",
         "commands": {
             "ours": f"sentistream classify --model {model} --input posts.jsonl --output "
-            "out.jsonl --no-progress",
+            f"out.jsonl --no-progress --lanes {threads} --intra-op-threads 1 (the default for "
+            f"a file on {threads} cores: one single-threaded lane per core)",
             "baseline": "python benchmarks/hf_classify_file.py --input posts.jsonl --output "
             "out.jsonl --batch-size B " + " ".join(baseline_args(checkpoint, model)),
         },

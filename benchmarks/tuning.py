@@ -193,6 +193,7 @@ def experiments(folder: Path, threads: int) -> list[dict[str, Any]]:
             "name": "intra-op threads (throughput)",
             "short": "threads",
             "workload": "bucketed",
+            "judge": "accuracy",  # the token budget follows the thread count
             "variants": {
                 f"default ({t} threads)": d,
                 "1 thread": lambda: make_classifier(folder, threads=1),
@@ -202,6 +203,7 @@ def experiments(folder: Path, threads: int) -> list[dict[str, Any]]:
             "name": "intra-op threads (single-post latency)",
             "short": "threads, 1 post",
             "workload": "batch_1",
+            "judge": "accuracy",  # the token budget follows the thread count
             "variants": {
                 f"default ({t} threads)": d,
                 "1 thread": lambda: make_classifier(folder, threads=1),

@@ -105,7 +105,8 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
         "--lanes",
         type=int,
         default=None,
-        help="forward passes at once, one thread each (0: auto; one per core for --input)",
+        help="forward passes at once (0: auto: one single-threaded lane per core for serve "
+        "and --input when --intra-op-threads is not set)",
     )
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--max-batch-tokens", type=int, default=None)
@@ -215,7 +216,7 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _settings(args).with_lane_per_core()
     registry = None
     if settings.workers == 1:
         # Models load on a thread while the HTTP and gRPC stacks are imported below.
@@ -270,12 +271,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if args.input is None and not args.text:
         print("error: give a text or --input FILE", file=sys.stderr)
         return 2
-    if args.input is not None and settings.lanes == 0 and settings.intra_op_threads == 0:
-        # A file is a batch job: one single-threaded lane per core beats every core on each
-        # forward pass (fewer thread hand-offs per operator; docs/performance.md, lanes).
-        from sentistream.config import default_threads
-
-        settings = settings.model_copy(update={"lanes": default_threads()})
+    if args.input is not None:  # a file is a batch job: one lane per core
+        settings = settings.with_lane_per_core()
     classifier = load_classifier(settings)
     tasks = args.tasks.split(",") if args.tasks else None
     if args.input is None:

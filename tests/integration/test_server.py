@@ -37,6 +37,8 @@ def server(repo: Path):  # type: ignore[no-untyped-def]
         args=[
             "--model",
             "tiny",
+            "--lanes",  # the server's default shape: one single-threaded lane per core
+            "2",
             "--max-delay-ms",
             "5",
             "--max-texts-per-request",

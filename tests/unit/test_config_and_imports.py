@@ -72,6 +72,23 @@ def test_token_budget_follows_thread_count(tiny_repo: Path) -> None:
     assert [len(b) for b in two.plan_batches([30] * 20)] == [20]
 
 
+def test_lane_per_core_only_when_no_thread_setting_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sentistream.config as config
+
+    monkeypatch.setattr(config, "default_threads", lambda: 4)
+    auto = Settings().with_lane_per_core()
+    assert (auto.lanes, auto.resolved_intra_op_threads()) == (4, 1)
+    assert auto.resolved_max_batch_tokens() == 256  # one thread per lane: small passes
+    assert Settings(workers=2).with_lane_per_core().lanes == 2  # per worker process
+    pinned = Settings(intra_op_threads=4).with_lane_per_core()
+    assert (pinned.resolved_lanes(), pinned.resolved_intra_op_threads()) == (1, 4)
+    chosen = Settings(lanes=2).with_lane_per_core()
+    assert (chosen.lanes, chosen.resolved_intra_op_threads()) == (2, 2)
+    assert Settings().resolved_lanes() == 1  # elsewhere (stream worker, library) one lane
+
+
 def test_invalid_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENTISTREAM_BATCH_SIZE", "zero")
     with pytest.raises(ValueError, match="batch_size"):

@@ -518,8 +518,9 @@ def test_server_operations(source: str) -> None:
     [c] = pod["containers"]
     assert c["args"] == ["serve"]
     assert {p["containerPort"] for p in c["ports"]} == {8000, 8500}
-    threads = env_of(c)["SENTISTREAM_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
-    assert threads == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}
+    lanes = env_of(c)["SENTISTREAM_LANES"]["valueFrom"]["resourceFieldRef"]
+    assert lanes == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}
+    assert env_of(c)["SENTISTREAM_INTRA_OP_THREADS"]["value"] == "1"  # one thread per lane
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
