@@ -341,7 +341,9 @@ def plots(results: dict[str, Any], stem: str) -> list[str]:
         a2.axhline(200, color="tab:red", linestyle="--")
         a2.set_ylabel("peak RSS, MB")
         for ax in (a1, a2):
-            ax.tick_params(axis="x", labelsize=7)
+            ax.tick_params(axis="x", labelsize=7, labelrotation=30)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
         save(fig, "serverless")
 
     tun = results.get("tuning")
