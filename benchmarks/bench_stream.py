@@ -108,6 +108,19 @@ class CpuMeter:
         }
 
 
+SECRET_WORDS = ("TOKEN", "PASSWORD", "URL", "SECRET", "KEY")
+
+
+def settings_overrides() -> dict[str, str]:
+    """``SENTISTREAM_*`` variables of this environment (the workers inherit them), so a result
+    says which settings it ran with; secrets and URLs (which may carry a password) left out."""
+    return {
+        k: v
+        for k, v in sorted(os.environ.items())
+        if k.startswith("SENTISTREAM_") and not any(w in k for w in SECRET_WORDS)
+    }
+
+
 def child_env(url: str) -> dict[str, str]:
     return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "SENTISTREAM_REDIS_URL": url}
 
@@ -439,6 +452,7 @@ def main() -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "settings_from_environment": settings_overrides(),
         "data": str(args.data),
         "model": model,
         "posts": args.posts,
@@ -560,7 +574,13 @@ def main() -> int:
         f"{' '.join(str(x) for x in results['loadavg_at_end'])}. Redis: a fresh "
         "`redis-server` (AOF, appendfsync everysec) per run on the same machine. "
         f"Model: {results['model']['name']}:{results['model']['version']} (shipped ONNX); "
-        f"naive loop: transformers pipeline, {nv['weights']}, {nv['threads']} torch threads.",
+        f"naive loop: transformers pipeline, {nv['weights']}, {nv['threads']} torch threads. "
+        "Settings from the environment (the workers inherit them): "
+        + (
+            ", ".join(f"`{k}={v}`" for k, v in results["settings_from_environment"].items())
+            or "none (the defaults)"
+        )
+        + ".",
         "",
         f"Posts: the first {args.posts} of `{args.data.name}` "
         f"(naive loop: the first {nv['posts']}). Ours: the clock starts when the worker "

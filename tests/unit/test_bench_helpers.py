@@ -55,3 +55,15 @@ def test_free_stem_never_reuses_a_result_name(tmp_path: Path) -> None:
     assert free_stem("2026-12-02-vm", tmp_path) == "2026-12-02-vm-2"
     (tmp_path / "2026-12-02-vm-2.json").write_text("{}")
     assert free_stem("2026-12-02-vm", tmp_path) == "2026-12-02-vm-3"
+
+
+def test_stream_results_record_settings_but_never_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench_stream import settings_overrides
+
+    monkeypatch.setenv("SENTISTREAM_STREAM_BATCH_SIZE", "512")
+    monkeypatch.setenv("SENTISTREAM_REDIS_URL", "redis://:hunter2@localhost:6379/0")
+    monkeypatch.setenv("SENTISTREAM_AUTH_TOKEN", "hunter2")
+    monkeypatch.setenv("SENTISTREAM_X_BEARER_TOKEN", "hunter2")
+    recorded = settings_overrides()
+    assert recorded["SENTISTREAM_STREAM_BATCH_SIZE"] == "512"
+    assert "hunter2" not in repr(recorded)
