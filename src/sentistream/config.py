@@ -388,10 +388,11 @@ class Settings(BaseModel):
 
         One thread: 256 tokens (about 8 tweets) per pass keeps every activation of a layer in
         the core's own cache, so the memory-bound operators between the int8 matmuls (GELU,
-        residual adds, layer norms, activation quantization) run from cache: 1.20x the
-        posts/s of 1024-token passes on an AMX Xeon (docs/performance.md, tuning log). Two or
-        more threads: 1024, since each operator is split across the threads and small passes
-        spend their time synchronising them (256 tokens on two threads: 0.83x).
+        residual adds, layer norms, activation quantization) run from cache: 1.15x the
+        posts/s of 1024-token passes for stream micro-batches on an AMX Xeon, 1.04-1.07x for
+        one large call (docs/performance.md, tuning log round five). Two or more threads:
+        1024, since each operator is split across the threads and small passes spend their
+        time handing work over (256 tokens on two threads: 0.76x).
         """
         if self.max_batch_tokens:
             return self.max_batch_tokens
