@@ -116,13 +116,14 @@ def workload(
     if kind not in ("bucketed", "batch_1", "stream"):
         raise ValueError(kind)
 
+    size = Settings().stream_batch_size
+
     def run() -> float:
         c0 = time.process_time()
         t0 = time.perf_counter()
         if kind == "bucketed":
             clf.classify_clean(cleaned)
         elif kind == "stream":  # the stream worker's micro-batches, in arrival order
-            size = Settings().stream_batch_size
             for start in range(0, len(cleaned), size):
                 clf.classify_clean(cleaned[start : start + size])
         else:
@@ -188,6 +189,14 @@ def experiments(folder: Path, threads: int) -> list[dict[str, Any]]:
     """(name, workload, {variant: factory}); 'default' is what ships."""
     t = threads
     d: Callable[[], Classifier] = lambda: make_classifier(folder, threads=t)  # noqa: E731
+    budget = Settings(intra_op_threads=t).resolved_max_batch_tokens()  # the shipped default
+    one_thread_budgets: dict[str, Callable[[], Classifier]] = {
+        f"default (1 thread: {Settings(intra_op_threads=1).resolved_max_batch_tokens()})": (
+            lambda: make_classifier(folder, threads=1)
+        ),
+        "1024": lambda: make_classifier(folder, threads=1, max_batch_tokens=1024),
+        "512": lambda: make_classifier(folder, threads=1, max_batch_tokens=512),
+    }
     out: list[dict[str, Any]] = [
         {
             "name": "intra-op threads (throughput)",
@@ -245,8 +254,9 @@ def experiments(folder: Path, threads: int) -> list[dict[str, Any]]:
             "name": "batch shape (batch_size x max_batch_tokens)",
             "short": "batch shape",
             "workload": "bucketed",
+            "judge": "accuracy",
             "variants": {
-                "default (32 x 1024)": d,
+                f"default (32 x {budget})": d,
                 "16 x 512": lambda: make_classifier(
                     folder, threads=t, batch_size=16, max_batch_tokens=512
                 ),
@@ -263,22 +273,14 @@ def experiments(folder: Path, threads: int) -> list[dict[str, Any]]:
             "short": "token budget, 1 thread, stream",
             "workload": "stream",
             "judge": "accuracy",
-            "variants": {
-                "default (1 thread: 256)": lambda: make_classifier(folder, threads=1),
-                "1024": lambda: make_classifier(folder, threads=1, max_batch_tokens=1024),
-                "512": lambda: make_classifier(folder, threads=1, max_batch_tokens=512),
-            },
+            "variants": one_thread_budgets,
         },
         {
             "name": "token budget per pass, one thread, one call (max_batch_tokens)",
             "short": "token budget, 1 thread",
             "workload": "bucketed",
             "judge": "accuracy",
-            "variants": {
-                "default (1 thread: 256)": lambda: make_classifier(folder, threads=1),
-                "1024": lambda: make_classifier(folder, threads=1, max_batch_tokens=1024),
-                "512": lambda: make_classifier(folder, threads=1, max_batch_tokens=512),
-            },
+            "variants": one_thread_budgets,
         },
         {
             "name": f"token budget per pass, {t} threads (max_batch_tokens)",
@@ -286,7 +288,7 @@ def experiments(folder: Path, threads: int) -> list[dict[str, Any]]:
             "workload": "bucketed",
             "judge": "accuracy",
             "variants": {
-                f"default ({t} threads: {256 if t == 1 else 1024})": d,
+                f"default ({t} threads: {budget})": d,
                 "256": lambda: make_classifier(folder, threads=t, max_batch_tokens=256),
                 "512": lambda: make_classifier(folder, threads=t, max_batch_tokens=512),
             },
