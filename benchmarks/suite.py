@@ -502,8 +502,13 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, x in r["mfu"].items():
+            label = name
+            if x.get("lanes", 1) > 1:
+                label = f"bucketed, {x['lanes']} lanes x 1 thread (shipped default)"
+            elif name == "bucketed":
+                label = f"bucketed, 1 lane x {r['threads']} threads"
             lines.append(
-                f"| {name} | {_fmt(x['posts_per_s'])} | {_fmt(x['achieved_gops_per_s'])} | "
+                f"| {label} | {_fmt(x['posts_per_s'])} | {_fmt(x['achieved_gops_per_s'])} | "
                 f"{x['mfu_vs_int8_peak']:.1%} | {x['mixed_peak_utilisation']:.1%} | "
                 f"{x['padding_overhead']:.2f}x | {x['forward_share_of_time']:.0%} | "
                 f"{x['mfu_forward_only_executed_ops']:.1%} |"

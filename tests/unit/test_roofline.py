@@ -76,3 +76,27 @@ def test_a_paused_training_process_does_not_contaminate_a_run() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_mfu_with_lanes_counts_overlapping_passes_once() -> None:
+    """Two lanes run forward passes at once: the forward share is the lanes' occupancy (at most
+    1), every post is counted once, and ``only`` measures just the named request shapes."""
+    from roofline import measure_mfu
+
+    from sentistream.config import Settings
+    from sentistream.runtime import load_classifier
+
+    ops = count_model_ops(REPO / "src" / "sentistream" / "models" / "tweet-sentiment" / "2" /
+                          "model.onnx")  # fmt: skip
+    texts = [f"post number {i} " + "really good " * (i % 9) for i in range(96)]
+    laned = load_classifier(
+        Settings(model="tweet-sentiment:2", lanes=2, intra_op_threads=1, batch_size=8)
+    )
+    out = measure_mfu(laned, texts, ops, 1e12, 1e11, repeats=1, only=["bucketed"])
+    assert list(out) == ["bucketed"]
+    row = out["bucketed"]
+    assert row["lanes"] == 2 and row["posts"] == 96
+    assert 0 < row["forward_share_of_time"] <= 1.0
+    assert row["padding_overhead"] >= 1.0
+    # The forward-only MFU divides by the time per lane, so it is at least the wall-clock MFU.
+    assert row["mfu_forward_only"] >= row["mfu_vs_int8_peak"] > 0
