@@ -406,6 +406,21 @@ def hardware_bound(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _peak_used_sentence(r: dict[str, Any]) -> str:
+    """What the utilisation figures divide by (result files before 2026-12-03 have no
+    ``peak_used``: their peak was the square shape's)."""
+    used = r.get("peak_used")
+    if not used:
+        return ""
+    return (
+        f"Peak used for every utilisation figure: the fastest shape measured, before or after "
+        f"the timed runs: int8 {used['int8']['ops_per_s'] / 1e9:.0f} Gops/s "
+        f"({' x '.join(map(str, used['int8']['shape_mkn']))}), fp32 "
+        f"{used['fp32']['ops_per_s'] / 1e9:.0f} Gops/s; the int8 peak moved "
+        f"{used['int8_drift_after_over_before']:.2f}x over the timed runs. "
+    )
+
+
 def markdown(results: dict[str, Any], images: list[str]) -> str:
     m = results["machine"]
     bg = results["background"]
@@ -480,7 +495,9 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
             f"Measured peak ({r['threads']} threads, ONNX Runtime): int8 MatMulInteger "
             f"{pk['int8']['ops_per_s']['median'] / 1e9:.0f} Gops/s, fp32 MatMul "
             f"{pk['fp32']['ops_per_s']['median'] / 1e9:.0f} Gops/s (shape "
-            f"{pk['int8']['shape_mkn']}). Tokens per post: mean {r['tokens']['mean']}, p95 "
+            f"{pk['int8']['shape_mkn']}). "
+            + _peak_used_sentence(r)
+            + f"Tokens per post: mean {r['tokens']['mean']}, p95 "
             f"{r['tokens']['p95']}, max {r['tokens']['max']}. Ops per post: "
             f"{r['ops_per_post']['mean_gops']} G ({r['ops_per_post']['int8_share']:.0%} of them "
             "on int8 weights).",

@@ -100,3 +100,22 @@ def test_mfu_with_lanes_counts_overlapping_passes_once() -> None:
     assert row["padding_overhead"] >= 1.0
     # The forward-only MFU divides by the time per lane, so it is at least the wall-clock MFU.
     assert row["mfu_forward_only"] >= row["mfu_vs_int8_peak"] > 0
+
+
+def test_utilisation_is_recomputed_against_the_final_peak() -> None:
+    """The roofline measures the peak again after the timed runs and divides by the higher of
+    the two: doubling the peak halves every utilisation figure, and the fastest shape wins."""
+    from roofline import _fastest, apply_peaks
+
+    row = {"int8_ops": 8e9, "fp32_ops": 2e9, "executed_ops": 11e9, "median_wall_s": 1.0,
+           "median_forward_s_per_lane": 0.5}  # fmt: skip
+    first = dict(apply_peaks({"r": dict(row)}, 20e9, 5e9)["r"])
+    second = apply_peaks({"r": dict(row)}, 40e9, 10e9)["r"]
+    assert first["mfu_vs_int8_peak"] == 0.5 and first["mfu_forward_only"] == 1.0
+    assert first["mixed_peak_utilisation"] == pytest.approx(8 / 20 + 2 / 5)
+    for key in ("mfu_vs_int8_peak", "mixed_peak_utilisation", "mfu_forward_only",
+                "mfu_forward_only_executed_ops"):  # fmt: skip
+        assert second[key] == pytest.approx(first[key] / 2, abs=1e-4)
+    shapes = [{"shape_mkn": [s, s, s], "ops_per_s": {"median": r}} for s, r in
+              ((2048, 6.7e11), (1024, 8.4e11), (512, 7.9e11))]  # fmt: skip
+    assert _fastest(shapes)["shape_mkn"] == [1024, 1024, 1024]
