@@ -30,6 +30,7 @@ integration:
 lint:
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks
 
 format:
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -96,7 +96,7 @@ async def grpc_load(
     errors = 0
     stop_at = time.perf_counter() + duration
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
 
         async def worker(k: int) -> None:
             nonlocal errors
@@ -287,9 +287,9 @@ def main() -> int:
         proc.wait(30)
 
     for c, run in results["runs"].items():
-        base = run["hf_pipeline_fastapi"]["texts_per_s"] or 1e-9
-        run["ratio_rest_vs_baseline"] = round(run["ours_rest"]["texts_per_s"] / base, 2)
-        run["ratio_grpc_vs_baseline"] = round(run["ours_grpc"]["texts_per_s"] / base, 2)
+        base_rate = float(run["hf_pipeline_fastapi"]["texts_per_s"] or 1e-9)
+        run["ratio_rest_vs_baseline"] = round(run["ours_rest"]["texts_per_s"] / base_rate, 2)
+        run["ratio_grpc_vs_baseline"] = round(run["ours_grpc"]["texts_per_s"] / base_rate, 2)
         del c
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"{datetime.now(UTC):%Y-%m-%d}-{results['machine']['host']}-server"

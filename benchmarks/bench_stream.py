@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import os
 import shutil
 import signal
@@ -288,7 +289,7 @@ def run_ours(
         for log_path in logs:
             lines = [ln for ln in log_path.read_text().splitlines() if ln.startswith("{")]
             summaries.append(json.loads(lines[-1]) if lines else None)
-        got, model = read_output_ids(client, OUTPUT_STREAM)
+        got, served = read_output_ids(client, OUTPUT_STREAM)
         dead = int(client.xlen(DEAD_STREAM))
         first_s = (first or now) - started
         steady = n / (elapsed - first_s) if elapsed > first_s else None
@@ -306,7 +307,7 @@ def run_ours(
             "cpu": cpu,
             "posts_per_worker_cpu_s": round(n / cpu["measured_cpu_s"], 1),
             "ids_check": check_ids(ids, got, dead),
-            **model,
+            **served,
         }
         print(
             f"{label}: {json.dumps({k: v for k, v in result.items() if k != 'worker_summaries'})}",
@@ -344,7 +345,7 @@ def run_baseline(
         ing = ingest(server.url, posts_file)
         t0 = time.perf_counter()
         verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity(hf_logging.CRITICAL)  # "model not supported": it works
+        hf_logging.set_verbosity(logging.CRITICAL)  # "model not supported": it works
         try:
             pipe, source = load_pipeline(checkpoint, threads, layers)
         finally:

@@ -31,12 +31,12 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 LABELS = ["negative", "neutral", "positive"]
 
 
-class MeanPoolClassifier(BertPreTrainedModel):  # type: ignore[misc]
+class MeanPoolClassifier(BertPreTrainedModel):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=False)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+        self.post_init()  # type: ignore[no-untyped-call]
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any
@@ -95,8 +95,8 @@ def load_pipeline(
             if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < config.num_hidden_layers
         }
         model.bert.load_state_dict(keep)
-    model.eval()
-    tokenizer = PreTrainedTokenizerFast(
+    model.eval()  # type: ignore[no-untyped-call]
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_file=str(tokenizer_file),
         unk_token="[UNK]",
         pad_token="[PAD]",

@@ -486,12 +486,12 @@ def roofline(
         del laned
     # The same fastest shapes once more, right after the timed runs: a machine that sped up in
     # between (a VM's neighbours going quiet) raises the peak instead of inflating the MFU.
-    after = {
-        kind: measure_peak(
-            kind, threads, *fastest[kind]["shape_mkn"], seconds / 2, max(3, repeats - 2), providers
+    after: dict[str, dict[str, Any]] = {}
+    for kind in ("int8", "fp32"):
+        m, k, n = fastest[kind]["shape_mkn"]
+        after[kind] = measure_peak(
+            kind, threads, m, k, n, seconds / 2, max(3, repeats - 2), providers
         )
-        for kind in ("int8", "fp32")
-    }
     peak_int8 = max(peak_int8, after["int8"]["ops_per_s"]["median"])
     peak_fp32 = max(peak_fp32, after["fp32"]["ops_per_s"]["median"])
     apply_peaks(mfu, peak_int8, peak_fp32)

@@ -109,7 +109,8 @@ def main() -> int:
         finally:
             worker.send_signal(signal.SIGTERM)
             worker_exit = worker.wait(60)
-        ids = [f[b"id"].decode() for _, f in client.xrange("sentistream:results")]
+        entries: Any = client.xrange("sentistream:results")
+        ids = [f[b"id"].decode() for _, f in entries]
         dead = client.xlen("sentistream:dead")
         pending = client.xpending("sentistream:posts", "sentistream")["pending"]
     first = samples[min(1, len(samples) - 1)] if samples else {}
