@@ -8,7 +8,8 @@ dead-letter entry), polled with ``XLEN``. Reported per run: end-to-end posts/s, 
 first result (process start + model load + first batch) and steady-state posts/s (first to
 last result), plus a check that every input id appears exactly once in the output stream.
 Configurations: two workers with one inference thread each, and (``--single-worker``) one
-worker with two threads.
+worker with two threads, and one worker with two single-threaded lanes (what ``sentistream
+stream`` picks on two cores when no thread setting is given).
 
 Baseline: the loop people write by hand, on the same posts (the first ``--baseline-posts``;
 posts/s keeps the ratio fair): a Hugging Face ``transformers`` text-classification pipeline on
@@ -219,6 +220,7 @@ def run_ours(
     timeout: float,
     label: str,
     model: str = "tweet-sentiment",
+    lanes: int = 1,
 ) -> dict[str, Any]:
     """One fresh Redis, ingest, ``workers`` worker processes; clock from process start."""
     n = len(ids)
@@ -246,6 +248,8 @@ def run_ours(
                 model,
                 "--intra-op-threads",
                 str(threads),
+                "--lanes",
+                str(lanes),
                 "--log-level",
                 "WARNING",
             ]
@@ -296,6 +300,7 @@ def run_ours(
         result = {
             "workers": workers,
             "intra_op_threads": threads,
+            "lanes": lanes,
             "posts": n,
             "ingest": ing,
             "wall_s": round(elapsed, 3),
@@ -429,7 +434,7 @@ def main() -> int:
         "--single-worker",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also run one worker with two inference threads",
+        help="also run one worker with two inference threads, and one with two lanes",
     )
     parser.add_argument(
         "--checkpoint",
@@ -471,9 +476,10 @@ def main() -> int:
         },
         "ours": {},
     }
-    setups = [("2_workers_x_1_thread", 2, 1)]
+    setups = [("2_workers_x_1_thread", 2, 1, 1)]
     if args.single_worker:
-        setups.append(("1_worker_x_2_threads", 1, 2))
+        setups.append(("1_worker_x_2_threads", 1, 2, 1))
+        setups.append(("1_worker_x_2_lanes", 1, 1, 2))
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     try:
@@ -504,7 +510,7 @@ def main() -> int:
         for rep in range(args.repeats):
             if rep % 2:
                 naive()
-            for name, workers, threads in setups:
+            for name, workers, threads, lanes in setups:
                 run = run_ours(
                     tmp,
                     posts_file,
@@ -514,6 +520,7 @@ def main() -> int:
                     args.timeout,
                     f"{name}#{rep + 1}",
                     model,
+                    lanes,
                 )
                 results["ours"].setdefault(name, {"runs": []})["runs"].append(run)
             if not rep % 2:
@@ -565,6 +572,7 @@ def main() -> int:
     labels = {
         "2_workers_x_1_thread": "sentistream stream, 2 workers x 1 thread",
         "1_worker_x_2_threads": "sentistream stream, 1 worker x 2 threads",
+        "1_worker_x_2_lanes": "sentistream stream, 1 worker x 2 lanes x 1 thread",
     }
     md = [
         f"# Stream benchmark {results['date']}",

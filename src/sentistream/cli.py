@@ -166,7 +166,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from sentistream.server.logs import configure_logging
     from sentistream.stream.run import run_stream
 
-    settings = _settings(args)
+    # No thread setting: one single-threaded lane per core, as `serve` (1.07-1.25x end to end
+    # for a single worker on two cores, docs/performance.md round six).
+    settings = _settings(args).with_lane_per_core()
     configure_logging(settings.log_level, "text")
     summary = asyncio.run(
         run_stream(
@@ -299,7 +301,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from sentistream.demo import SAMPLE_POSTS, local_redis, run_demo
     from sentistream.runtime import load_classifier
 
-    settings = _settings(args)
+    settings = _settings(args).with_lane_per_core()
     url = settings.redis_url.get_secret_value() if settings.redis_url else None
     if url is None and not args.no_redis:
         url = local_redis()

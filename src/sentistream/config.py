@@ -82,7 +82,8 @@ class Settings(BaseModel):
         description="Forward passes of one call run at once, each on its own thread with "
         "intra_op_threads threads (default then: cores / lanes). 0: auto: when "
         "intra_op_threads is not set either, one single-threaded lane per core (per worker "
-        "process) for `serve` and `classify --input` (1.2-1.4x on an AMX Xeon), else 1.",
+        "process) for `serve`, `classify --input`, `stream` and `demo` (1.2-1.4x on an AMX "
+        "Xeon; a single stream worker 1.07-1.25x on a VNNI EPYC), else 1.",
     )
     batch_size: int = Field(
         32, ge=1, le=1024, description="Most texts in one forward pass (a large request is split)."
@@ -370,10 +371,10 @@ class Settings(BaseModel):
         return self.lanes or 1
 
     def with_lane_per_core(self) -> Settings:
-        """These settings for a server or a batch job: one single-threaded lane per core (per
-        worker process) when neither ``lanes`` nor ``intra_op_threads`` is set. Small forward
-        passes on one thread each beat every core on each pass: fewer thread hand-offs per
-        operator (docs/performance.md, tuning log round five)."""
+        """These settings for a server, a stream worker or a batch job: one single-threaded
+        lane per core (per worker process) when neither ``lanes`` nor ``intra_op_threads`` is
+        set. Small forward passes on one thread each beat every core on each pass: fewer thread
+        hand-offs per operator (docs/performance.md, tuning log rounds five and six)."""
         if self.lanes or self.intra_op_threads:
             return self
         return self.model_copy(update={"lanes": max(1, default_threads() // self.workers)})

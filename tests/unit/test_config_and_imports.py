@@ -86,7 +86,7 @@ def test_lane_per_core_only_when_no_thread_setting_is_given(
     assert (pinned.resolved_lanes(), pinned.resolved_intra_op_threads()) == (1, 4)
     chosen = Settings(lanes=2).with_lane_per_core()
     assert (chosen.lanes, chosen.resolved_intra_op_threads()) == (2, 2)
-    assert Settings().resolved_lanes() == 1  # elsewhere (stream worker, library) one lane
+    assert Settings().resolved_lanes() == 1  # elsewhere (the library, remote clients) one lane
 
 
 def test_invalid_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -181,9 +181,11 @@ def test_lanes_run_the_same_batches_concurrently(tiny_repo: Path) -> None:
     assert labels == [p.label for p in one.classify(texts)]
 
 
-def test_classify_file_runs_one_lane_per_core(tmp_path: Path, tiny_repo: Path) -> None:
-    """`classify --input` with no thread settings: lanes = cores, one intra-op thread each."""
+def test_classify_file_and_stream_run_one_lane_per_core(tmp_path: Path, tiny_repo: Path) -> None:
+    """`classify --input` and `stream` with no thread settings: lanes = cores, one intra-op
+    thread each."""
     import json
+    import os
     import subprocess
     import sys
 
@@ -221,3 +223,22 @@ def test_classify_file_runs_one_lane_per_core(tmp_path: Path, tiny_repo: Path) -
         check=True,
     )
     assert "lanes 1 2" in pinned.stderr  # explicit threads: no lanes unless asked
+    # The stream worker picks the same shape (a single worker on every core).
+    stream = [*base[:3], "stream", *base[4:-1], "--source", "file", "--input", str(posts)]
+    worker = subprocess.run(
+        [*stream, "--output", str(tmp_path / "stream.jsonl")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "SENTISTREAM_REDIS_URL": ""},
+    )
+    assert f"lanes {default_threads()} 1" in worker.stderr, worker.stderr
+    assert len((tmp_path / "stream.jsonl").read_text().splitlines()) == 50
+    pinned_worker = subprocess.run(
+        [*stream, "--intra-op-threads", "2", "--output", str(tmp_path / "s2.jsonl")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "SENTISTREAM_REDIS_URL": ""},
+    )
+    assert "lanes 1 2" in pinned_worker.stderr
