@@ -13,6 +13,7 @@ JSON array.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Container
 from pathlib import Path
@@ -20,19 +21,55 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-__all__ = ["BUNDLED_MODELS", "ENV_PREFIX", "Settings", "default_threads", "settings_markdown"]
+__all__ = [
+    "BUNDLED_MODELS",
+    "ENV_PREFIX",
+    "Settings",
+    "cgroup_cpu_limit",
+    "default_threads",
+    "settings_markdown",
+]
 
 ENV_PREFIX = "SENTISTREAM_"
 
 BUNDLED_MODELS = Path(__file__).resolve().parent / "models"
 
 
-def default_threads() -> int:
-    """Cores this process may use (cgroup/affinity aware), at least 1."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs this container's CFS quota grants (cgroup v2 ``cpu.max``, else v1
+    ``cpu/cpu.cfs_quota_us`` over ``cpu.cfs_period_us``); None when unlimited or unreadable.
+
+    A Kubernetes CPU limit is such a quota: the pod still sees every core of the node in its
+    affinity mask, and threads beyond the quota only get throttled."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        fields = (root / "cpu.max").read_text().split()
+        if fields and fields[0] == "max":
+            return None
+        return int(fields[0]) / int(fields[1])
+    except (OSError, ValueError, IndexError, ZeroDivisionError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def default_threads() -> int:
+    """Cores this process may use, at least 1: its CPU affinity, capped by a cgroup CPU quota
+    rounded up (a 500m limit gives 1, 1500m gives 2)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, math.ceil(limit))
+    return max(1, cores)
 
 
 def environment_values(fields: Container[str]) -> dict[str, str]:

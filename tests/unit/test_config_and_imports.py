@@ -127,3 +127,36 @@ def test_serving_path_does_not_import_torch(tiny_repo: Path) -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_cgroup_cpu_quota_caps_the_default_thread_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Kubernetes CPU limit is a CFS quota, not an affinity mask: 500m means one thread."""
+    import os
+
+    import sentistream.config as config
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("50000 100000\n")
+    assert config.cgroup_cpu_limit(v2) == 0.5
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert config.cgroup_cpu_limit(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert config.cgroup_cpu_limit(v1) == 1.5
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert config.cgroup_cpu_limit(v1) is None
+    assert config.cgroup_cpu_limit(tmp_path / "absent") is None
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(config, "cgroup_cpu_limit", lambda root=config.CGROUP_ROOT: 0.5)
+    assert config.default_threads() == 1
+    assert Settings().with_lane_per_core().lanes == 1
+    monkeypatch.setattr(config, "cgroup_cpu_limit", lambda root=config.CGROUP_ROOT: 1.5)
+    assert config.default_threads() == min(2, cores)
+    monkeypatch.setattr(config, "cgroup_cpu_limit", lambda root=config.CGROUP_ROOT: None)
+    assert config.default_threads() == cores
