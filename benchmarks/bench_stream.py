@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_classify import RESULTS, machine, spread
 from benchlib import free_stem
 
+from sentistream.config import ENV_PREFIX, Settings, environment_values
 from sentistream.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,17 +111,13 @@ class CpuMeter:
         }
 
 
-SECRET_WORDS = ("TOKEN", "PASSWORD", "URL", "SECRET", "KEY")
-
-
 def settings_overrides() -> dict[str, str]:
-    """``SENTISTREAM_*`` variables of this environment (the workers inherit them), so a result
-    says which settings it ran with; secrets and URLs (which may carry a password) left out."""
-    return {
-        k: v
-        for k, v in sorted(os.environ.items())
-        if k.startswith("SENTISTREAM_") and not any(w in k for w in SECRET_WORDS)
-    }
+    """The settings this environment gives the workers (``SENTISTREAM_*``, read as the workers
+    read them), so a result says which settings it ran with; secret fields (the Redis URL,
+    which may carry a password, and the auth token) left out."""
+    secret = {n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+    values = environment_values(Settings.model_fields.keys() - secret)
+    return {f"{ENV_PREFIX}{k.upper()}": v for k, v in sorted(values.items())}
 
 
 def child_env(url: str) -> dict[str, str]:

@@ -206,8 +206,9 @@ def test_classify_file_and_stream_run_one_lane_per_core(tmp_path: Path, tiny_rep
     )
     from sentistream.config import default_threads
 
-    base = [sys.executable, "-c", code, "classify", "--model-repository", str(tiny_repo)]
-    base += ["--model", "tiny:1", "--no-progress"]
+    spied = [sys.executable, "-c", code]
+    model = ["--model-repository", str(tiny_repo), "--model", "tiny:1"]
+    base = [*spied, "classify", *model, "--no-progress"]
     run = subprocess.run(
         [*base, "--input", str(posts), "--output", str(tmp_path / "out.jsonl")],
         capture_output=True,
@@ -224,7 +225,7 @@ def test_classify_file_and_stream_run_one_lane_per_core(tmp_path: Path, tiny_rep
     )
     assert "lanes 1 2" in pinned.stderr  # explicit threads: no lanes unless asked
     # The stream worker picks the same shape (a single worker on every core).
-    stream = [*base[:3], "stream", *base[4:-1], "--source", "file", "--input", str(posts)]
+    stream = [*spied, "stream", *model, "--source", "file", "--input", str(posts)]
     worker = subprocess.run(
         [*stream, "--output", str(tmp_path / "stream.jsonl")],
         capture_output=True,
