@@ -6,7 +6,7 @@ DATA ?= ../shared/data
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: train-multitask-ema train-single-ema export-multitask-v3 export-multitask export-student export-reviews train-single train-multitask adapt-tweets train-single-mlm distill-student train-reviews eda
-.PHONY: install system-deps venv test unit integration lint format docs bench bench-quick bench-guard bench-classify bench-server bench-stream bench-overload soak audit proto serve train-sentiment export-sentiment rebuild-sentiment rebuild-student eval-sentiment clean
+.PHONY: install system-deps venv test unit integration lint format docs bench bench-quick bench-guard bench-classify bench-server bench-stream bench-overload soak audit proto serve train-sentiment export-sentiment rebuild-sentiment rebuild-sentiment-v3 rebuild-student eval-sentiment clean
 
 install: system-deps venv  ## everything: Debian packages, virtualenv, package with [train,dev] extras
 
@@ -74,6 +74,13 @@ export-sentiment:
 REBUILD_SENTIMENT = $(BIN)/sentistream rebuild $(SENTIMENT_MODEL) --output $(MODELS_DIR)/tweet-sentiment/2
 rebuild-sentiment:  ## tweet-sentiment v2 = v1 with every MatMul in int8, LayerNorm and GELU unfused, verified
 	$(REBUILD_SENTIMENT) --description "Tweet sentiment (negative, neutral, positive): all-MiniLM-L6-v2 fine-tuned on TweetEval sentiment; tweet-sentiment v1 rebuilt with every MatMul and attention in int8." --command-line "$(REBUILD_SENTIMENT:$(BIN)/%=%)"
+
+# v3: v2 with each QAttention split into int8 Q/K/V MatMulIntegerToFloat + the standard
+# Attention op (opset 23) and the standard Gelu: the same logits, a faster forward
+# (docs/performance.md, tuning log round seven).
+REBUILD_SENTIMENT_V3 = $(BIN)/sentistream rebuild $(MODELS_DIR)/tweet-sentiment/2 --output $(MODELS_DIR)/tweet-sentiment/3 --no-quantize-all --no-unfuse --split-attention
+rebuild-sentiment-v3:  ## tweet-sentiment v3 = v2 with attention and GELU as standard ops, verified
+	$(REBUILD_SENTIMENT_V3) --description "Tweet sentiment (negative, neutral, positive): all-MiniLM-L6-v2 fine-tuned on TweetEval sentiment; tweet-sentiment v2 with its int8 attention as standard ONNX ops." --command-line "$(REBUILD_SENTIMENT_V3:$(BIN)/%=%)"
 
 # tweet-multitask-fast v2: v1 with LayerNorm and GELU unfused (its two fp32 MatMuls stay: quantizing
 # them costs 0.8 points of emotion macro-F1).

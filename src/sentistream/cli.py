@@ -84,13 +84,21 @@ _SETTING_FLAGS = (
 
 
 def _add_unfuse_flag(p: argparse.ArgumentParser) -> None:
-    """``--unfuse/--no-unfuse`` of ``export`` and ``rebuild`` (sentistream.training.graph)."""
+    """``--unfuse/--no-unfuse`` and ``--split-attention/--no-split-attention`` of ``export``
+    and ``rebuild`` (sentistream.training.graph)."""
     p.add_argument(
         "--unfuse",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="SkipLayerNormalization -> Add + LayerNormalization and BiasGelu -> Add + Gelu, "
         "faster on CPU (default: on)",
+    )
+    p.add_argument(
+        "--split-attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="QAttention -> int8 Q/K/V MatMulIntegerToFloat + standard Attention (opset 23) and "
+        "contrib Gelu -> standard Gelu: the same logits, faster on CPU (default: on)",
     )
 
 
@@ -702,7 +710,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "rebuild",
         help="served model folder -> new version, same weights: remaining fp32 MatMuls in int8, "
-        "LayerNorm and GELU unfused for CPU; verified against the source",
+        "LayerNorm and GELU unfused and attention split for CPU; verified against the source",
     )
     p.add_argument("source", type=Path, help="model version folder, e.g. models/NAME/1")
     p.add_argument("--output", type=Path, required=True, help="new version folder")

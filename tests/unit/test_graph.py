@@ -96,3 +96,65 @@ def test_unfused_ops_compute_the_same_and_stay_unfused(tmp_path: Path) -> None:
     only_ln = tmp_path / "only_ln.onnx"
     assert unfuse_skip_layer_norm(fused, only_ln) == 2
     assert "BiasGelu" in {n.op_type for n in onnx.load(str(only_ln)).graph.node}
+
+
+def test_split_attention_leaves_what_it_does_not_cover(tmp_path: Path) -> None:
+    """A causal QAttention (or one fed by a quantizer other than DynamicQuantizeLinear) is not
+    the encoder self-attention the rewrite covers: it stays, and with nothing else to rewrite
+    no file is written; a contrib Gelu alone is rewritten to the standard one (opset 20)."""
+    from onnx import TensorProto, helper
+
+    from sentistream.training.graph import model_opset, split_quantized_attention
+
+    rng = np.random.default_rng(0)
+    ms = "com.microsoft"
+    inits = [
+        helper.make_tensor("w", TensorProto.INT8, [H, 3 * H], rng.integers(-60, 60, 3 * H * H)),
+        helper.make_tensor("bias", TensorProto.FLOAT, [3 * H], rng.normal(size=3 * H)),
+        helper.make_tensor("w_scale", TensorProto.FLOAT, [3 * H], np.full(3 * H, 0.01)),
+        helper.make_tensor("w_zp", TensorProto.INT8, [3 * H], np.zeros(3 * H, dtype=np.int8)),
+    ]
+
+    def attention_model(path: Path, gelu: bool) -> None:
+        nodes = [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+            helper.make_node(
+                "QAttention",
+                ["xq", "w", "bias", "xs", "w_scale", "", "xz", "w_zp"],
+                ["a"],
+                domain=ms,
+                num_heads=2,
+                unidirectional=1,
+            ),
+            helper.make_node("Gelu", ["a"], ["y"], domain=ms)
+            if gelu
+            else helper.make_node("Identity", ["a"], ["y"]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, L, H])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [B, L, H])],
+            inits,
+        )
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ms, 1)]
+        )
+        model.ir_version = 8
+        onnx.save(model, str(path))
+
+    causal, out = tmp_path / "causal.onnx", tmp_path / "out.onnx"
+    attention_model(causal, gelu=False)
+    assert split_quantized_attention(causal, out) == {}
+    assert not out.exists()
+
+    with_gelu = tmp_path / "gelu.onnx"
+    attention_model(with_gelu, gelu=True)
+    assert split_quantized_attention(with_gelu, out) == {"Gelu": 1}
+    ops = [(n.op_type, n.domain) for n in onnx.load(str(out)).graph.node]
+    assert ("QAttention", ms) in ops and ("Gelu", "") in ops and ("Gelu", ms) not in ops
+    assert model_opset(out) == 20
+    x = {"x": np.random.default_rng(1).normal(size=(B, L, H)).astype(np.float32)}
+    np.testing.assert_allclose(
+        _session(out).run(None, x)[0], _session(with_gelu).run(None, x)[0], rtol=1e-5, atol=1e-6
+    )

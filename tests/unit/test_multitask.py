@@ -788,6 +788,60 @@ def test_rebuild_quantizes_what_an_export_left_fp32_and_unfuses_layer_norm(
         rebuild(RebuildConfig(source=src, output=out))
 
 
+def test_rebuild_splits_quantized_attention_with_the_same_logits(
+    multitask: Path, tmp_path: Path
+) -> None:
+    """An export with ORT's QAttention (as the shipped v2) -> Q, K and V as int8
+    MatMulIntegerToFloat with the source's own weights + the standard Attention op (opset 23)
+    and the standard Gelu; verified against the source: the same argmax on every text and
+    logits equal to float rounding, padded batches of mixed lengths included (the key mask)."""
+    import onnx
+
+    from sentistream.training.export import ExportConfig, export
+    from sentistream.training.rebuild import RebuildConfig, rebuild
+
+    src = export(
+        ExportConfig(
+            checkpoint=multitask,
+            output=tmp_path / "toy" / "1",
+            min_agreement=0.8,
+            split_attention=False,  # as exports before the rewrite existed
+        )
+    )
+    source_ops = [n.op_type for n in onnx.load(str(src / "model.onnx")).graph.node]
+    layers = source_ops.count("QAttention")
+    assert layers == 4 and source_ops.count("Gelu") == 4
+    only_split = {"quantize_all": False, "unfuse": False}
+    out = rebuild(
+        RebuildConfig(source=src, output=tmp_path / "toy" / "2", command_line="c", **only_split)
+    )
+    model = onnx.load(str(out / "model.onnx"))
+    ops = [(n.op_type, n.domain) for n in model.graph.node]
+    assert ("QAttention", "com.microsoft") not in ops and ("Gelu", "com.microsoft") not in ops
+    assert ops.count(("Attention", "")) == layers and ops.count(("Gelu", "")) == layers
+    assert ops.count(("MatMulIntegerToFloat", "com.microsoft")) == 3 * layers
+    assert next(o.version for o in model.opset_import if o.domain == "") == 23
+    raw = json.loads((out / "manifest.json").read_text())
+    assert raw["quantization"]["split_attention"] == {"QAttention": layers, "Gelu": layers}
+    assert raw["quantization"]["opset"] == 23
+    for task, v in raw["metrics"]["verification"]["tasks"].items():
+        assert v["argmax_agreement_with_source"] == 1.0, task
+        assert v["max_abs_logit_diff_vs_source"] < 1e-4, task
+    assert "QAttention (4) and Gelu (4) nodes are standard ops" in (out / "README.md").read_text()
+
+    texts = ["i love this game", "awful", "meh " * 20, "the show was great fun tonight"]
+    got = load_classifier(Settings(model_repository=tmp_path, model="toy:2", intra_op_threads=1))
+    want = load_classifier(Settings(model_repository=tmp_path, model="toy:1", intra_op_threads=1))
+    for a, b in zip(got.classify(texts), want.classify(texts), strict=True):
+        assert set(a.tasks) == set(b.tasks) == {"sentiment", "irony"}
+        for task, p in a.tasks.items():
+            assert p.label == b.tasks[task].label
+            assert p.scores == pytest.approx(b.tasks[task].scores, abs=1e-4)
+
+    with pytest.raises(ValueError, match="nothing to rebuild"):
+        rebuild(RebuildConfig(source=out, output=tmp_path / "toy" / "3", **only_split))
+
+
 def test_rebuild_makes_8_bit_weights_7_bit(multitask: Path, tmp_path: Path) -> None:
     """An export with 8-bit weights (reduce_range off, as exports before it became the default)
     -> every MatMulInteger/QAttention weight in [-64, 64] with its scale doubled, each real
@@ -812,7 +866,9 @@ def test_rebuild_makes_8_bit_weights_7_bit(multitask: Path, tmp_path: Path) -> N
         model = onnx.load(str(folder / "model.onnx"))
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         names = {
-            n.input[1] for n in model.graph.node if n.op_type in ("MatMulInteger", "QAttention")
+            n.input[1]
+            for n in model.graph.node
+            if n.op_type in ("MatMulInteger", "MatMulIntegerToFloat", "QAttention")
         }
         return {
             w: (inits[w], inits[w[: -len("_quantized")] + "_scale"])
@@ -822,6 +878,7 @@ def test_rebuild_makes_8_bit_weights_7_bit(multitask: Path, tmp_path: Path) -> N
 
     only_seven_bit = {"quantize_all": False, "unfuse": False, "seven_bit_weights": True}
     before = weights(src)
+    assert any("/q_weight" in name for name in before)  # the split attention's Q weights too
     assert before and max(int(np.abs(q.astype(np.int16)).max()) for q, _ in before.values()) > 64
     out = rebuild(
         RebuildConfig(

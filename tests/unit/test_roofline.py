@@ -119,3 +119,16 @@ def test_utilisation_is_recomputed_against_the_final_peak() -> None:
     shapes = [{"shape_mkn": [s, s, s], "ops_per_s": {"median": r}} for s, r in
               ((2048, 6.7e11), (1024, 8.4e11), (512, 7.9e11))]  # fmt: skip
     assert _fastest(shapes)["shape_mkn"] == [1024, 1024, 1024]
+
+
+def test_split_attention_model_counts_the_same_ops_as_its_source() -> None:
+    """tweet-sentiment v3 is v2 with QAttention split into Q/K/V MatMulIntegerToFloat + the
+    weightless standard Attention: the same weight matrices, so the same ops."""
+    models = REPO / "src" / "sentistream" / "models" / "tweet-sentiment"
+    v2 = count_model_ops(models / "2" / "model.onnx")
+    v3 = count_model_ops(models / "3" / "model.onnx")
+    assert (v3.layers, v3.hidden, v3.intermediate) == (v2.layers, v2.hidden, v2.intermediate)
+    assert v3.int8_macs_per_token == v2.int8_macs_per_token == 6 * 12 * 384 * 384
+    assert v3.fp32_macs_per_token == v2.fp32_macs_per_token == 0
+    assert v3.ops(29) == v2.ops(29)
+    assert v3.quantized_attention_layers == 0 < v2.quantized_attention_layers

@@ -11,6 +11,11 @@ The rewrites, each measured (docs/performance.md) and each optional:
 - ``unfuse``: ``SkipLayerNormalization`` -> ``Add`` + ``LayerNormalization`` and ``BiasGelu``
   -> ``Add`` + ``Gelu`` (:mod:`sentistream.training.graph`): ORT's fused CPU kernels are
   slower than the ops they replace (~7x and ~1.6x for those ops).
+- ``split_attention``: each ``QAttention`` -> three ``MatMulIntegerToFloat`` (Q, K, V: the
+  same int8 weights) + the standard ``Attention`` op (opset 23), and the contrib ``Gelu`` ->
+  the standard one (:func:`sentistream.training.graph.split_quantized_attention`): ORT's CPU
+  ``Attention``-23 computes the attention core faster than ``QAttention`` does; the logits are
+  bit-identical.
 - ``seven_bit_weights`` (off by default): 8-bit int8 matmul weights (``MatMulInteger``,
   ``QAttention``) become 7-bit (``q7 = round(q8 / 2)``, scale doubled), what ``export`` does
   by default since it measured the saturation problem: x86 CPUs without VNNI multiply
@@ -38,7 +43,11 @@ from pydantic import BaseModel, Field
 
 from sentistream.manifest import file_sha256, load_manifest
 from sentistream.metrics import classification_report
-from sentistream.training.graph import unfuse_slow_cpu_ops
+from sentistream.training.graph import (
+    model_opset,
+    split_quantized_attention,
+    unfuse_slow_cpu_ops,
+)
 
 __all__ = ["RebuildConfig", "rebuild"]
 
@@ -52,6 +61,11 @@ class RebuildConfig(BaseModel):
         True,
         description="SkipLayerNormalization -> Add + LayerNormalization, BiasGelu -> Add + Gelu "
         "(faster on CPU)",
+    )
+    split_attention: bool = Field(
+        True,
+        description="QAttention -> int8 Q/K/V MatMulIntegerToFloat + standard Attention "
+        "(opset 23), contrib Gelu -> standard Gelu (faster on CPU, the same logits)",
     )
     seven_bit_weights: bool = Field(
         False, description="requantize 8-bit int8 matmul weights to 7 bits (exact on AVX2)"
@@ -167,7 +181,8 @@ def requantize_seven_bit(src: Path, dst: Path) -> list[str]:
         {
             n.input[1]
             for n in model.graph.node
-            if n.op_type in ("MatMulInteger", "QAttention") and len(n.input) > 1
+            if n.op_type in ("MatMulInteger", "MatMulIntegerToFloat", "QAttention")
+            and len(n.input) > 1
         }
     )
     done: list[str] = []
@@ -220,11 +235,15 @@ def rebuild(config: RebuildConfig) -> Path:
         seven: list[str] = []
         if config.seven_bit_weights:
             seven = requantize_seven_bit(current, output / "model.onnx")
-        if not nodes and not unfused and not seven:
+            current = output / "model.onnx" if seven else current
+        split: dict[str, int] = {}
+        if config.split_attention:
+            split = split_quantized_attention(current, output / "model.onnx")
+        if not nodes and not unfused and not seven and not split:
             raise ValueError(
                 f"nothing to rebuild in {source}: no fp32 MatMul left to quantize, no "
-                "SkipLayerNormalization/BiasGelu to unfuse and no 8-bit weight to make 7-bit "
-                "(or those rewrites switched off)"
+                "SkipLayerNormalization/BiasGelu to unfuse, no 8-bit weight to make 7-bit and "
+                "no QAttention/contrib Gelu to make standard (or those rewrites switched off)"
             )
         per_task, reports, texts_of, temperatures = _verify(manifest, source, output)
         print(json.dumps(per_task, indent=2), flush=True)
@@ -273,6 +292,9 @@ def rebuild(config: RebuildConfig) -> Path:
     }
     if unfused:
         new["quantization"]["unfused"] = unfused
+    if split:
+        new["quantization"]["split_attention"] = split
+        new["quantization"]["opset"] = model_opset(output / "model.onnx")
     if seven:
         new["quantization"]["reduce_range"] = True
         new["quantization"]["seven_bit_weights"] = len(seven)
@@ -305,6 +327,13 @@ def rebuild(config: RebuildConfig) -> Path:
             f"its {len(seven)} 8-bit matmul weights are 7-bit (round(q / 2), scale doubled), so "
             "x86 CPUs without VNNI, whose VPMADDUBSW saturates 8-bit products, compute them "
             "exactly: the same results on every x86 CPU"
+        )
+    if split:
+        changes.append(
+            "its "
+            + " and ".join(f"{op} ({n})" for op, n in split.items())
+            + " nodes are standard ops (QAttention: int8 Q, K and V MatMulIntegerToFloat + "
+            "Attention, opset 23; Gelu: the opset-20 Gelu): the same computation, faster on CPU"
         )
     section = {
         "title": f"Rebuilt from {old_name}",
