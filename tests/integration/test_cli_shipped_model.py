@@ -12,7 +12,8 @@ import pytest
 from sentistream.config import BUNDLED_MODELS
 
 pytestmark = pytest.mark.integration
-MODEL = BUNDLED_MODELS / "tweet-sentiment" / "2"  # the default: the newest version
+MODEL = BUNDLED_MODELS / "tweet-sentiment" / "3"  # the default: the newest version
+PARENT = BUNDLED_MODELS / "tweet-sentiment" / "2"  # v3 = v2 with attention as standard ops
 SOURCE = BUNDLED_MODELS / "tweet-sentiment" / "1"  # v2 = v1 rebuilt
 
 
@@ -112,18 +113,31 @@ def test_shipped_model_meets_its_card() -> None:
     manifest = json.loads((MODEL / "manifest.json").read_text())
     ver = manifest["metrics"]["verification"]
     assert ver["int8_official_score"] >= 0.75
-    assert ver["argmax_agreement_with_source"] >= 0.97
+    assert ver["argmax_agreement_with_source"] == 1.0  # v3 computes exactly what v2 does
+    assert ver["max_abs_logit_diff_vs_source"] == 0.0
     assert abs(ver["int8_official_score"] - ver["fp32_official_score"]) <= 0.005
-    assert manifest["quantization"]["fp32_nodes"] == []
-    assert manifest["quantization"]["rebuilt_from"] == "tweet-sentiment:1"
-    assert manifest["quantization"]["unfused"] == {"SkipLayerNormalization": 12, "BiasGelu": 6}
+    quantization = manifest["quantization"]
+    assert quantization["fp32_nodes"] == []
+    assert quantization["rebuilt_from"] == "tweet-sentiment:2"
+    assert quantization["split_attention"] == {"QAttention": 6, "Gelu": 6}
+    assert quantization["opset"] == 23
+    parent = json.loads((PARENT / "manifest.json").read_text())
+    assert (
+        ver["source_int8_official_score"]
+        == (parent["metrics"]["verification"]["int8_official_score"])
+    )
+    # v2: v1 with every MatMul int8 and LayerNorm/GELU unfused, verified against v1
+    parent_ver = parent["metrics"]["verification"]
+    assert parent_ver["argmax_agreement_with_source"] >= 0.97
+    assert parent["quantization"]["rebuilt_from"] == "tweet-sentiment:1"
+    assert parent["quantization"]["unfused"] == {"SkipLayerNormalization": 12, "BiasGelu": 6}
     source = json.loads((SOURCE / "manifest.json").read_text())["metrics"]["verification"]
     assert source["argmax_agreement_int8_vs_fp32"] >= 0.98
-    assert ver["source_int8_official_score"] == source["int8_official_score"]
+    assert parent_ver["source_int8_official_score"] == source["int8_official_score"]
     assert (MODEL / "model.onnx").stat().st_size < 40_000_000
     card = (MODEL / "README.md").read_text()
     assert "sentistream train" in card and "macro_recall" in card
-    assert "sentistream rebuild" in card
+    assert "sentistream rebuild" in card and "Rebuilt from tweet-sentiment:2" in card
 
 
 def test_evaluate_reproduces_the_card(sentiment_data: Path, tmp_path: Path) -> None:
