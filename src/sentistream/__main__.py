@@ -1,3 +1,3 @@
-from sentistream.cli import main
+from sentistream.launch import main
 
 raise SystemExit(main())

@@ -21,6 +21,7 @@ from typing import Any
 
 import uvicorn
 
+from sentistream import startup_gc
 from sentistream.config import Settings
 from sentistream.monitoring import ServerMetrics
 from sentistream.server.logs import configure_logging
@@ -103,6 +104,7 @@ async def serve_async(settings: Settings, registry: ModelRegistry | None = None)
     if grpc_server is not None:
         await grpc_server.start()
     http_task = loop.create_task(http.serve(sockets=[sock]))
+    startup_gc.release()  # the stack is up (sentistream serve held the collector off)
     log.info(
         "listening",
         extra={
@@ -159,6 +161,7 @@ def serve(settings: Settings, registry: ModelRegistry | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if settings.workers == 1:
         return asyncio.run(serve_async(settings, registry))
+    startup_gc.release()  # this parent only supervises; each worker is a fresh interpreter
     ctx = multiprocessing.get_context("spawn")
     data = settings.model_dump_json(exclude={"auth_token"})
     if settings.auth_token is not None:  # model_dump_json masks secrets: pass it through env
