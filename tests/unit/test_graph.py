@@ -98,10 +98,13 @@ def test_unfused_ops_compute_the_same_and_stay_unfused(tmp_path: Path) -> None:
     assert "BiasGelu" in {n.op_type for n in onnx.load(str(only_ln)).graph.node}
 
 
-def test_split_attention_leaves_what_it_does_not_cover(tmp_path: Path) -> None:
+def test_split_attention_leaves_what_it_does_not_cover(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A causal QAttention (or one fed by a quantizer other than DynamicQuantizeLinear) is not
     the encoder self-attention the rewrite covers: it stays, and with nothing else to rewrite
-    no file is written; a contrib Gelu alone is rewritten to the standard one (opset 20)."""
+    no file is written; a contrib Gelu alone is rewritten to the standard one (opset 20),
+    unless raising the opset would break another node (then nothing is, with a warning)."""
     from onnx import TensorProto, helper
 
     from sentistream.training.graph import model_opset, split_quantized_attention
@@ -115,7 +118,7 @@ def test_split_attention_leaves_what_it_does_not_cover(tmp_path: Path) -> None:
         helper.make_tensor("w_zp", TensorProto.INT8, [3 * H], np.zeros(3 * H, dtype=np.int8)),
     ]
 
-    def attention_model(path: Path, gelu: bool) -> None:
+    def attention_model(path: Path, gelu: bool, mean_pool: bool = False) -> None:
         nodes = [
             helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
             helper.make_node(
@@ -126,9 +129,13 @@ def test_split_attention_leaves_what_it_does_not_cover(tmp_path: Path) -> None:
                 num_heads=2,
                 unidirectional=1,
             ),
-            helper.make_node("Gelu", ["a"], ["y"], domain=ms)
+            helper.make_node("Gelu", ["a"], ["g"], domain=ms)
             if gelu
-            else helper.make_node("Identity", ["a"], ["y"]),
+            else helper.make_node("Identity", ["a"], ["g"]),
+            # opset 17 form (axes as an attribute), invalid from opset 18 on
+            helper.make_node("ReduceMean", ["g"], ["y"], axes=[1], keepdims=1)
+            if mean_pool
+            else helper.make_node("Identity", ["g"], ["y"]),
         ]
         graph = helper.make_graph(
             nodes,
@@ -158,3 +165,9 @@ def test_split_attention_leaves_what_it_does_not_cover(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         _session(out).run(None, x)[0], _session(with_gelu).run(None, x)[0], rtol=1e-5, atol=1e-6
     )
+
+    pooled, out2 = tmp_path / "pooled.onnx", tmp_path / "out2.onnx"
+    attention_model(pooled, gelu=True, mean_pool=True)
+    assert split_quantized_attention(pooled, out2) == {}  # opset 20 would break the ReduceMean
+    assert not out2.exists()
+    assert "ReduceMean" in caplog.text and "kept QAttention/Gelu" in caplog.text

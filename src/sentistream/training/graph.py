@@ -18,15 +18,19 @@ that ``BiasGelu`` computes). The runtime loads models with ORT's ``SkipLayerNorm
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "model_opset",
+    "opset_upgrade_blockers",
     "split_quantized_attention",
     "unfuse_skip_layer_norm",
     "unfuse_slow_cpu_ops",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def model_opset(path: Path) -> int:
@@ -128,7 +132,10 @@ def split_quantized_attention(src: Path, dst: Path, *, onnx_gelu: bool = True) -
     ``DynamicQuantizeLinear``) and the standard ``Attention`` op (opset 23) with a boolean
     key mask built once from the ``attention_mask`` input; with ``onnx_gelu``, the contrib
     ``Gelu`` becomes the standard one (the same exact erf GELU). Returns how many of each op it
-    rewrote (empty: none, and nothing is written).
+    rewrote (empty: none, and nothing is written). The standard ops need the model's opset
+    raised (23, or 20 for the Gelu alone); a graph with a node that would be invalid there
+    (:func:`opset_upgrade_blockers`, e.g. an opset-17 ``ReduceMean`` pooling) is left as it
+    is, with a warning.
 
     Why: ORT's CPU ``QAttention`` computes the attention core (scores, softmax, weighted sum)
     slower than ``Attention``-23 does, and the projection is the same int8 GEMM either way.
@@ -165,6 +172,16 @@ def split_quantized_attention(src: Path, dst: Path, *, onnx_gelu: bool = True) -
     done = {op: n for op, n in counts.items() if n}
     if not done:
         return done
+    target = ATTENTION_OPSET if counts["QAttention"] else 20
+    blockers = opset_upgrade_blockers(model, target)
+    if blockers:
+        log.warning(
+            "%s: kept QAttention/Gelu as they are: raising the opset to %d would break %s",
+            src,
+            target,
+            ", ".join(blockers),
+        )
+        return {}
     if counts["QAttention"] and has_mask:
         nodes = _key_mask_nodes(graph, helper, TensorProto) + nodes
     del graph.node[:]
@@ -175,11 +192,32 @@ def split_quantized_attention(src: Path, dst: Path, *, onnx_gelu: bool = True) -
     graph.initializer.extend(kept)
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
-            opset.version = max(opset.version, ATTENTION_OPSET if counts["QAttention"] else 20)
+            opset.version = max(opset.version, target)
     model.ir_version = max(model.ir_version, 10)  # opset 23 needs IR 10 (ORT reads up to 13)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return done
+
+
+def opset_upgrade_blockers(model: Any, target: int) -> list[str]:
+    """Default-domain nodes that would be invalid if the model's opset were raised to
+    ``target`` (an attribute the newer schema dropped, e.g. ``ReduceMean``'s ``axes`` since
+    opset 18, or more inputs than it takes), as ``"op (node)"``."""
+    import onnx.defs
+
+    blockers = []
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, target, "")
+        except onnx.defs.SchemaError:
+            blockers.append(f"{node.op_type} ({node.name or 'unnamed'}: no schema)")
+            continue
+        dropped = [a.name for a in node.attribute if a.name not in schema.attributes]
+        if dropped or len(node.input) > schema.max_input:
+            blockers.append(f"{node.op_type} ({node.name or 'unnamed'})")
+    return blockers
 
 
 _KEY_MASK = "split_attention/key_mask"
@@ -221,7 +259,7 @@ def _split_one_attention(
     if node.op_type != "QAttention" or node.domain != "com.microsoft":
         return None
     inputs = list(node.input) + [""] * (9 - len(node.input))
-    if len(node.input) > 9 or inputs[8]:  # past state
+    if len(node.input) > 9 or inputs[8] or any(node.output[1:]):  # past / present state
         return None
     x_q, weight, bias, x_scale, w_scale, mask_index, x_zp, w_zp = inputs[:8]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
