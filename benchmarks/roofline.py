@@ -255,14 +255,14 @@ def op_profile(
 
     import onnxruntime as ort
 
+    from sentistream.runtime.onnx import CPU_DISABLED_OPTIMIZERS
+
     ids = classifier.encode(cleaned)
     plan = classifier.plan_batches([len(x) for x in ids])
     options = session_options(threads)
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = str(Path(tmp) / "ort")
-        from sentistream.runtime.onnx import CPU_DISABLED_OPTIMIZERS
-
         session = ort.InferenceSession(
             str(model_path),
             sess_options=options,

@@ -9,8 +9,8 @@ objects live as long as the process, so later collections need not walk them) an
 collector back on. The console entry point (:mod:`sentistream.launch`) holds it before the CLI
 module is even imported; ``cli.main`` holds it for the held commands and releases it at once
 for every other one (a stream worker or a training run collects as usual). Measured: one-model
-HTTP server, process start to first answer 0.527 -> 0.482 s (median of 8 paired cold starts,
-faster in 8 of 8; docs/performance.md).
+HTTP server, process start to first answer 0.501 -> 0.476 s (median of 12 paired cold starts,
+faster in 11 of 12); ``classify "..."`` 0.355 -> 0.329 s (docs/performance.md, round seven).
 """
 
 from __future__ import annotations

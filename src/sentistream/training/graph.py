@@ -14,6 +14,9 @@ outputs). In the int8 model they were a fifth and an eighth of the forward time
 ``LayerNormalization`` (opset 17, same epsilon), and ``Add`` + ``Gelu`` (the exact erf GELU
 that ``BiasGelu`` computes). The runtime loads models with ORT's ``SkipLayerNormFusion`` and
 ``BiasGeluFusion`` disabled on CPU so that the session does not fuse them back.
+
+``split_quantized_attention`` rewrites ORT's ``QAttention`` as int8 Q/K/V projections and the
+standard ``Attention`` op, and the contrib ``Gelu`` as the standard one (same logits, faster).
 """
 
 from __future__ import annotations
@@ -144,14 +147,13 @@ def split_quantized_attention(src: Path, dst: Path, *, onnx_gelu: bool = True) -
     standard ``Gelu`` another 2.7% (6 of 8); logits bit-identical (docs/performance.md).
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     model = onnx.load(str(src))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producers = {out: n for n in graph.node for out in n.output}
-    mask_input = "attention_mask"
-    has_mask = any(i.name == mask_input for i in graph.input)
+    has_mask = any(i.name == _MASK_INPUT for i in graph.input)
     nodes: list[onnx.NodeProto] = []
     counts = {"QAttention": 0, "Gelu": 0}
     for node in graph.node:
@@ -161,7 +163,7 @@ def split_quantized_attention(src: Path, dst: Path, *, onnx_gelu: bool = True) -
                 helper.make_node("Gelu", list(node.input), list(node.output), name=node.name)
             )
             continue
-        pieces = _split_one_attention(node, inits, producers, has_mask, helper, numpy_helper)
+        pieces = _split_one_attention(node, inits, producers, has_mask)
         if pieces is None:
             nodes.append(node)
             continue
@@ -183,7 +185,7 @@ def split_quantized_attention(src: Path, dst: Path, *, onnx_gelu: bool = True) -
         )
         return {}
     if counts["QAttention"] and has_mask:
-        nodes = _key_mask_nodes(graph, helper, TensorProto) + nodes
+        nodes = _key_mask_nodes(graph) + nodes
     del graph.node[:]
     graph.node.extend(nodes)
     used = {name for n in graph.node for name in n.input}
@@ -220,12 +222,16 @@ def opset_upgrade_blockers(model: Any, target: int) -> list[str]:
     return blockers
 
 
+_MASK_INPUT = "attention_mask"
 _KEY_MASK = "split_attention/key_mask"
 
 
-def _key_mask_nodes(graph: Any, helper: Any, tensor_proto: Any) -> list[Any]:
+def _key_mask_nodes(graph: Any) -> list[Any]:
     """``attention_mask`` [B, S] -> boolean [B, 1, S, S] (True: attend to that key), the mask
     shape ORT's ``Attention``-23 takes."""
+    from onnx import TensorProto as tensor_proto
+    from onnx import helper
+
     p = "split_attention"
     constants = {f"{p}/axes": [1, 2], f"{p}/0": [0], f"{p}/1": [1], f"{p}/2": [2]}
     for name, values in constants.items():
@@ -233,9 +239,9 @@ def _key_mask_nodes(graph: Any, helper: Any, tensor_proto: Any) -> list[Any]:
             helper.make_tensor(name, tensor_proto.INT64, [len(values)], values)
         )
     return [
-        helper.make_node("Cast", ["attention_mask"], [f"{p}/bool"], to=tensor_proto.BOOL),
+        helper.make_node("Cast", [_MASK_INPUT], [f"{p}/bool"], to=tensor_proto.BOOL),
         helper.make_node("Unsqueeze", [f"{p}/bool", f"{p}/axes"], [f"{p}/b11s"]),
-        helper.make_node("Shape", ["attention_mask"], [f"{p}/bs"]),
+        helper.make_node("Shape", [_MASK_INPUT], [f"{p}/bs"]),
         helper.make_node("Slice", [f"{p}/bs", f"{p}/0", f"{p}/1"], [f"{p}/b"]),
         helper.make_node("Slice", [f"{p}/bs", f"{p}/1", f"{p}/2"], [f"{p}/s"]),
         helper.make_node("Concat", [f"{p}/b", f"{p}/1", f"{p}/s", f"{p}/s"], [f"{p}/b1ss"], axis=0),
@@ -248,13 +254,12 @@ def _split_one_attention(
     inits: dict[str, Any],
     producers: dict[str, Any],
     has_mask: bool,
-    helper: Any,
-    numpy_helper: Any,
 ) -> tuple[list[Any], list[Any]] | None:
     """The initializers and nodes that replace one ``QAttention``, or None when it is not the
     plain self-attention this rewrite covers (past state, relative bias, causal, packed
     weights, a mask not from ``attention_mask``)."""
     import numpy as np
+    from onnx import helper, numpy_helper
 
     if node.op_type != "QAttention" or node.domain != "com.microsoft":
         return None
@@ -303,7 +308,7 @@ def _split_one_attention(
             )
         )
         qkv.append(out)
-    extra = {"scale": float(attrs["scale"])} if "scale" in attrs else {}
+    extra: dict[str, Any] = {"scale": float(attrs["scale"])} if "scale" in attrs else {}
     new_nodes.append(
         helper.make_node(
             "Attention",

@@ -168,6 +168,11 @@ def _verify(
     return per_task, reports, texts_of, temperatures
 
 
+def _op_counts(counts: dict[str, int]) -> str:
+    """``{"A": 2, "B": 1}`` -> ``"A (2) and B (1)"``, for the card."""
+    return " and ".join(f"{op} ({n})" for op, n in counts.items())
+
+
 def requantize_seven_bit(src: Path, dst: Path) -> list[str]:
     """Write ``src`` with its 8-bit ``MatMulInteger``/``QAttention`` weights as 7-bit ones
     (``round(q / 2)`` in [-64, 64], the per-channel scale doubled: the same real values to
@@ -317,10 +322,8 @@ def rebuild(config: RebuildConfig) -> Path:
         )
     if unfused:
         changes.append(
-            "its fused "
-            + " and ".join(f"{op} ({n})" for op, n in unfused.items())
-            + " nodes are the ops they fused (Add + LayerNormalization, Add + Gelu): the same "
-            "computation, faster on CPU"
+            f"its fused {_op_counts(unfused)} nodes are the ops they fused "
+            "(Add + LayerNormalization, Add + Gelu): the same computation, faster on CPU"
         )
     if seven:
         changes.append(
@@ -330,10 +333,9 @@ def rebuild(config: RebuildConfig) -> Path:
         )
     if split:
         changes.append(
-            "its "
-            + " and ".join(f"{op} ({n})" for op, n in split.items())
-            + " nodes are standard ops (QAttention: int8 Q, K and V MatMulIntegerToFloat + "
-            "Attention, opset 23; Gelu: the opset-20 Gelu): the same computation, faster on CPU"
+            f"its {_op_counts(split)} nodes are standard ops (QAttention: int8 Q, K and V "
+            "MatMulIntegerToFloat + Attention, opset 23; Gelu: the opset-20 Gelu): the same "
+            "computation, faster on CPU"
         )
     section = {
         "title": f"Rebuilt from {old_name}",
