@@ -124,3 +124,33 @@ def test_ascii_fast_paths_match_the_general_loop(raw: str) -> None:
 
     assert t._strip_invisible(raw) == _general_strip(raw)
     assert t._name_pictographs(raw) == _general_pictographs(raw)
+
+
+_settle_alphabet = st.sampled_from(list("aAbBwWhHtTpPsS #@&;\\u0123:/.x\t😂\u200d\u0301é"))
+
+
+@_settings
+@given(st.text(alphabet=_settle_alphabet, max_size=60), st.integers(min_value=1, max_value=60))
+def test_a_settled_pass_is_a_fixed_point(raw: str, cap: int) -> None:
+    """``clean`` stops after a pass whose output ``_settled`` calls final, without the pass
+    that would confirm it: that pass must indeed change nothing (hashtag splits that form a
+    URL, ``#abcWww.x`` / ``#fooHttps://x``, are what it must not call final)."""
+    from sentistream.text import _clean_once, _settled
+
+    once = _clean_once(raw, cap)
+    if _settled(once):
+        assert _clean_once(once, cap) == once
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("#abcWww.example.com", "#abc http"),
+        ("#fooHttps://x.y z", "#foo http z"),
+        ("&amp;lt;3 it", "<3 it"),
+        ("\\u0026amp; co", "& co"),
+        ("#aB#cD @Foo", "#a B#cD @user"),
+    ],
+)
+def test_text_a_second_pass_changes_still_gets_it(raw: str, expected: str) -> None:
+    assert clean(raw) == expected
