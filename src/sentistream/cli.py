@@ -80,6 +80,7 @@ _SETTING_FLAGS = (
     "max_batch_tokens",
     "max_text_chars",
     "x64_quant_precision",
+    "torch_precision",
 )
 
 
@@ -124,6 +125,12 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="exact int8 matmuls on x86 CPUs without VNNI (slower there)",
+    )
+    g.add_argument(
+        "--torch-precision",
+        choices=["fp32", "tf32", "fp16", "bf16"],
+        default=None,
+        help="torch backend: fp32 (default), tf32, fp16 or bf16 (the last three on a GPU)",
     )
 
 
@@ -422,6 +429,18 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     fields = {k: v for k, v in vars(args).items() if k in RebuildConfig.model_fields}
     folder = rebuild(RebuildConfig(**{k: v for k, v in fields.items() if v is not None}))
     print(folder)
+    return 0
+
+
+def _cmd_dequantize(args: argparse.Namespace) -> int:
+    from sentistream.repository import ModelRepository
+    from sentistream.training.dequantize import checkpoint_from_onnx
+
+    source = Path(args.int8_model)
+    if not (source / "manifest.json").is_file():
+        repo = args.model_repository or _settings(args).model_repository
+        source = ModelRepository(repo).resolve(args.int8_model)
+    print(checkpoint_from_onnx(source, args.output))
     return 0
 
 
@@ -735,6 +754,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--description", help="one-line model description for the card")
     p.add_argument("--command-line", help="this command, recorded in the model card")
     p.set_defaults(func=_cmd_rebuild)
+
+    p = sub.add_parser(
+        "dequantize",
+        help="int8 model -> fp32 training checkpoint with the weights the int8 graph multiplies "
+        "by (for --backend torch on a GPU)",
+    )
+    p.add_argument(
+        "int8_model",
+        metavar="MODEL",
+        help="model NAME[:VERSION] in the repository, or a version folder",
+    )
+    p.add_argument("--output", type=Path, required=True, help="checkpoint folder to write")
+    p.add_argument("--model-repository", type=Path, default=None, help="models folder")
+    p.set_defaults(func=_cmd_dequantize)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled split")
     p.add_argument("data", type=Path, help="TweetEval folder or CSV/TSV")

