@@ -54,6 +54,9 @@ bench-quick:  ## the suite with small runs (~3 min) to check the machinery; figu
 bench-guard:  ## CI regression guard: core vs transformers pipeline ratio against benchmarks/baseline.json
 	$(BIN)/python benchmarks/guard.py
 
+bench-gpu:  ## on a GPU host: torch backend (dequantized shipped model) vs transformers pipeline on the same GPU; writes benchmarks/results/<date>-<gpu>-gpu.{json,md}
+	$(BIN)/python benchmarks/gpu.py --data $(DATA)/tweeteval/sentiment --posts $(DATA)/stream/tweets.jsonl
+
 bench-classify:  ## throughput, cold start and RSS of the CLI alone; writes benchmarks/results/
 	$(BIN)/python benchmarks/bench_classify.py --data $(DATA)/tweeteval/sentiment
 

@@ -67,3 +67,24 @@ def test_stream_results_record_settings_but_never_secrets(monkeypatch: pytest.Mo
     recorded = settings_overrides()
     assert recorded["SENTISTREAM_STREAM_BATCH_SIZE"] == "512"
     assert "hunter2" not in repr(recorded)
+
+
+def test_gpu_report_renders_the_committed_h200_runs() -> None:
+    """The GPU benchmark's Markdown is rebuilt from its JSON alone (both committed runs: the
+    full one and the where-the-time-goes one), naming the GPU and every section measured."""
+    import json
+
+    from gpu import markdown
+
+    results = REPO / "benchmarks" / "results"
+    full = json.loads((results / "2026-12-04-nvidia-h200-gpu.json").read_text())
+    page = markdown(full)
+    assert "NVIDIA H200" in page and "## Errors" not in page
+    for heading in ("Precision check", "Classifier core", "File in, file out", "matmul peak"):
+        assert heading in page
+    assert full["core"]["variants"]["pipeline fp32 batch 1"]["vs_pipeline_b1"] == 1.0
+    stages = markdown(json.loads((results / "2026-12-04-nvidia-h200-gpu-2.json").read_text()))
+    assert "Where the time goes" in stages and "| lanes 2 |" in stages
+    assert markdown({"errors": {"core": "Traceback ...\nRuntimeError: boom"}}).endswith(
+        "- core: RuntimeError: boom\n"
+    )
