@@ -165,6 +165,26 @@ class Report:
         (self.out / f"{self.stem}.md").write_text(markdown(self.data))
 
 
+def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown section: heading, table, blank line."""
+    return [
+        f"## {title}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]
+
+
+def _rate(s: dict[str, float]) -> str:
+    return f"{s['median']:.0f} [{s['min']:.0f}-{s['max']:.0f}]"
+
+
+def _times(ratio: float | None) -> str:
+    return f"{float('nan') if ratio is None else ratio:.2f}x"
+
+
 def markdown(r: dict[str, Any]) -> str:
     g = r.get("gpu", {})
     m = r.get("machine", {})
@@ -180,97 +200,73 @@ def markdown(r: dict[str, Any]) -> str:
         f"({r.get('dequantize', {}).get('seconds', '?')} s). Command: `{r.get('command')}`.",
         "",
     ]
-    acc = r.get("accuracy")
+    acc = r.get("accuracy") or {}
     if acc:
-        lines += [
-            "## Precision check (TweetEval sentiment validation)",
-            "",
-            "| variant | device | agreement with int8 (CPU) | macro-recall |",
-            "| --- | --- | --- | --- |",
-        ]
-        for name, row in acc.items():
-            lines.append(
-                f"| {name} | {row['device']} | {row['agreement_with_int8']:.4f} | "
-                f"{row['macro_recall']:.4f} |"
-            )
-        lines.append("")
+        lines += _table(
+            "Precision check (TweetEval sentiment validation)",
+            ["variant", "device", "agreement with int8 (CPU)", "macro-recall"],
+            [
+                [name, row["device"], f"{row['agreement_with_int8']:.4f}",
+                 f"{row['macro_recall']:.4f}"]
+                for name, row in acc.items()
+            ],
+        )  # fmt: skip
     core = r.get("core")
     if core:
-        lines += [
-            f"## Classifier core, posts/s ({core['posts']} posts, {core['rounds']} rounds "
+        lines += _table(
+            f"Classifier core, posts/s ({core['posts']} posts, {core['rounds']} rounds "
             "interleaved, median [min-max])",
-            "",
-            "| variant | posts/s | vs pipeline batch 1 | vs pipeline fp16 batch 64 | MFU |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for name, row in core["variants"].items():
-            s = row["posts_per_s"]
-            mfu = row.get("mfu")
-            lines.append(
-                f"| {name} | {s['median']:.0f} [{s['min']:.0f}-{s['max']:.0f}] | "
-                f"{row.get('vs_pipeline_b1', float('nan')):.2f}x | "
-                f"{row.get('vs_pipeline_fp16_b64', float('nan')):.2f}x | "
-                f"{'' if mfu is None else f'{100 * mfu:.2f}%'} |"
-            )
-        lines.append("")
+            ["variant", "posts/s", "vs pipeline batch 1", "vs pipeline fp16 batch 64", "MFU"],
+            [
+                [name, _rate(row["posts_per_s"]), _times(row.get("vs_pipeline_b1")),
+                 _times(row.get("vs_pipeline_fp16_b64")),
+                 "" if row.get("mfu") is None else f"{100 * row['mfu']:.2f}%"]
+                for name, row in core["variants"].items()
+            ],
+        )  # fmt: skip
     st = r.get("stages")
     if st:
-        lines += [
-            f"## Where the time goes ({st['posts']} posts, {st['batches']} batches, "
+        lines += _table(
+            f"Where the time goes ({st['posts']} posts, {st['batches']} batches, "
             f"{st['precision']})",
-            "",
-            "| stage | s (median) | us per post |",
-            "| --- | --- | --- |",
-        ]
-        for name, row in st.items():
-            if isinstance(row, dict):
-                lines.append(
-                    f"| {name} | {row['seconds']['median']:.3f} | {row['us_per_post']:.1f} |"
-                )
-        lines.append("")
-    ln = r.get("lanes")
+            ["stage", "s (median)", "us per post"],
+            [
+                [name, f"{row['seconds']['median']:.3f}", f"{row['us_per_post']:.1f}"]
+                for name, row in st.items()
+                if isinstance(row, dict)
+            ],
+        )
+    ln = r.get("lanes") or {}
     if ln:
-        lines += [
-            "## Lanes (torch backend, GPU default)",
-            "",
-            "| lanes | posts/s | vs 1 lane |",
-            "| --- | --- | --- |",
-        ]
-        for name, row in ln.items():
-            s = row["posts_per_s"]
-            lines.append(
-                f"| {name} | {s['median']:.0f} [{s['min']:.0f}-{s['max']:.0f}] | "
-                f"{row['vs_lanes_1']:.2f}x |"
-            )
-        lines.append("")
+        lines += _table(
+            "Lanes (torch backend, GPU default)",
+            ["lanes", "posts/s", "vs 1 lane"],
+            [
+                [name, _rate(row["posts_per_s"]), _times(row["vs_lanes_1"])]
+                for name, row in ln.items()
+            ],
+        )
     cli = r.get("file")
     if cli:
-        lines += [
-            f"## File in, file out, process start included ({cli['posts']} posts)",
-            "",
-            "| command | wall s | posts/s | vs pipeline batch 1 |",
-            "| --- | --- | --- | --- |",
-        ]
-        for row in cli["runs"].values():
-            lines.append(
-                f"| `{row['command']}` | {row['wall_s']:.2f} | {row['posts_per_s']:.0f} "
-                f"| {row.get('vs_pipeline_b1', float('nan')):.2f}x |"
-            )
-        lines.append("")
-    peaks = r.get("peaks")
+        lines += _table(
+            f"File in, file out, process start included ({cli['posts']} posts)",
+            ["command", "wall s", "posts/s", "vs pipeline batch 1"],
+            [
+                [f"`{row['command']}`", f"{row['wall_s']:.2f}", f"{row['posts_per_s']:.0f}",
+                 _times(row.get("vs_pipeline_b1"))]
+                for row in cli["runs"].values()
+            ],
+        )  # fmt: skip
+    peaks = r.get("peaks") or []
     if peaks:
-        lines += [
-            "## Dense matmul peak (torch)",
-            "",
-            "| dtype | shape | ops/s |",
-            "| --- | --- | --- |",
-        ]
-        for row in peaks:
-            lines.append(
-                f"| {row['dtype']} | {row['shape_mkn']} | "
-                f"{row['ops_per_s']['median'] / 1e12:.1f} T |"
-            )
-        lines.append("")
+        lines += _table(
+            "Dense matmul peak (torch)",
+            ["dtype", "shape", "ops/s"],
+            [
+                [row["dtype"], str(row["shape_mkn"]), f"{row['ops_per_s']['median'] / 1e12:.1f} T"]
+                for row in peaks
+            ],
+        )
     if r.get("errors"):
         lines += ["## Errors", ""] + [
             f"- {k}: {v.splitlines()[-1]}" for k, v in r["errors"].items()
