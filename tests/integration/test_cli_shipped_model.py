@@ -123,6 +123,9 @@ def test_dequantized_shipped_model_runs_on_the_torch_backend(tmp_path: Path) -> 
     assert {(r["model"], r["model_version"]) for r in fp32} == {("tweet-sentiment", MODEL.name)}
     agree = sum(a["label"] == b["label"] for a, b in zip(int8, fp32, strict=True)) / len(int8)
     assert agree >= 0.9, agree
+    served = run("serve", "--backend", "torch", "--model", str(checkpoint), check=False)
+    assert served.returncode == 1 and "serves the ONNX models" in served.stderr
+    assert "Traceback" not in served.stderr
     bad = run("dequantize", "no-such-model", "--output", str(tmp_path / "x"), check=False)
     assert bad.returncode != 0 and "no-such-model" in bad.stderr and "Traceback" not in bad.stderr
 
