@@ -234,14 +234,6 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args).with_lane_per_core()
-    if settings.backend != "onnx":
-        # The server's registry serves versioned ONNX model folders (load, unload, rollback,
-        # hot reload, manifests and signatures); a torch checkpoint has none of that.
-        raise ValueError(
-            "sentistream serve serves the ONNX models of the model repository; the torch "
-            "backend runs in classify, stream and the Python API. On a GPU, serve with "
-            "onnxruntime-gpu installed (CUDA is picked first, or set SENTISTREAM_PROVIDERS)"
-        )
     registry = None
     if settings.workers == 1:
         # Models load on a thread while the HTTP and gRPC stacks are imported below.

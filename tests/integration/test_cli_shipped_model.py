@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -123,9 +124,23 @@ def test_dequantized_shipped_model_runs_on_the_torch_backend(tmp_path: Path) -> 
     assert {(r["model"], r["model_version"]) for r in fp32} == {("tweet-sentiment", MODEL.name)}
     agree = sum(a["label"] == b["label"] for a, b in zip(int8, fp32, strict=True)) / len(int8)
     assert agree >= 0.9, agree
-    served = run("serve", "--backend", "torch", "--model", str(checkpoint), check=False)
-    assert served.returncode == 1 and "serves the ONNX models" in served.stderr
-    assert "Traceback" not in served.stderr
+    # The server on the torch backend: the one model, under its recorded name and version,
+    # the labels `classify --backend torch` gave for the first sample posts.
+    from sentistream.testing import ServerProcess
+
+    with ServerProcess(
+        BUNDLED_MODELS, args=["--backend", "torch", "--model", str(checkpoint)]
+    ) as server:
+        body = json.dumps({"texts": [r["text"] for r in int8[:4]]}).encode()
+        request = urllib.request.Request(
+            f"{server.url}/v1/classify", body, {"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+        assert (answer["model"], answer["model_version"]) == ("tweet-sentiment", MODEL.name)
+        assert [r["label"] for r in answer["results"]] == [r["label"] for r in fp32[:4]]
+        with urllib.request.urlopen(f"{server.url}/v2/models/tweet-sentiment") as response:
+            assert json.loads(response.read())["platform"] == "pytorch_libtorch"
     bad = run("dequantize", "no-such-model", "--output", str(tmp_path / "x"), check=False)
     assert bad.returncode != 0 and "no-such-model" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -243,3 +243,20 @@ def test_classify_file_and_stream_run_one_lane_per_core(tmp_path: Path, tiny_rep
         env={**os.environ, "SENTISTREAM_REDIS_URL": ""},
     )
     assert "lanes 1 2" in pinned_worker.stderr
+
+
+def test_torch_model_ref_names_a_model_without_loading_it(tmp_path: Path) -> None:
+    """What the server publishes a torch-backend model as: a checkpoint's recorded name and
+    version (a dequantized model keeps the int8 one's), else a valid name from the source."""
+    import json
+
+    from sentistream.runtime import torch_model_ref
+
+    ckpt = tmp_path / "run"
+    ckpt.mkdir()
+    (ckpt / "checkpoint.json").write_text(json.dumps({"name": "tweet-sentiment", "version": "3"}))
+    assert torch_model_ref(str(ckpt)) == ("tweet-sentiment", "3")
+    (ckpt / "checkpoint.json").write_text(json.dumps({"version": "v2"}))
+    assert torch_model_ref(str(ckpt)) == ("run", "0")
+    assert torch_model_ref("Org/My Model_v2") == ("my-model_v2", "0")
+    assert torch_model_ref("///") == ("model", "0")

@@ -7,6 +7,8 @@ from the model repository with ONNX Runtime by default, or with PyTorch/transfor
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,22 @@ __all__ = [
     "TaskPrediction",
     "load_classifier",
     "load_onnx_classifier",
+    "torch_model_ref",
 ]
+
+
+def torch_model_ref(source: str) -> tuple[str, str]:
+    """Name and version a torch-backend model answers under, read without loading it: a
+    checkpoint's recorded ones (``sentistream dequantize`` keeps the int8 model's), else the
+    folder or hub id's last part as a valid model name, version "0"."""
+    path = Path(source).expanduser()
+    meta: dict[str, object] = {}
+    if (path / "checkpoint.json").is_file():
+        meta = json.loads((path / "checkpoint.json").read_text())
+    base = path.name if meta else source.rstrip("/").split("/")[-1]
+    name = re.sub(r"[^a-z0-9._-]+", "-", str(meta.get("name", base)).lower()).strip("-._")
+    version = str(meta.get("version", "0"))
+    return name or "model", version if version.isdigit() else "0"
 
 
 def load_onnx_classifier(

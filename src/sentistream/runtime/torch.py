@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer
 
 from sentistream.errors import ModelLoadError
+from sentistream.runtime import torch_model_ref
 from sentistream.runtime.base import FloatArray, IdArray
 
 __all__ = ["PRECISIONS", "TorchBackend", "load_torch_model", "resolve_precision"]
@@ -95,6 +96,7 @@ def load_torch_model(
     model folder, or a Hugging Face hub id (downloaded when online).
     """
     path = Path(source).expanduser()
+    name, version = torch_model_ref(source)
     if (path / "checkpoint.json").is_file():
         from sentistream.training.model import load_checkpoint
 
@@ -107,8 +109,8 @@ def load_torch_model(
             "max_length": int(meta.get("max_length", 128)),
             "max_chars": int(meta.get("max_chars", 1000)),
             "truncation": str(meta.get("truncation", "head")),
-            "name": str(meta.get("name", path.name)),
-            "version": str(meta.get("version", "0")),
+            "name": name,
+            "version": version,
             "temperatures": meta.get("temperatures"),
         }
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -131,6 +133,6 @@ def load_torch_model(
         "primary_task": task,
         "max_length": max_len,
         "max_chars": 5000,
-        "name": source.rstrip("/").split("/")[-1].lower(),
-        "version": "0",
+        "name": name,
+        "version": version,
     }

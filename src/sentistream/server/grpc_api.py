@@ -107,7 +107,7 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
         return meta(
             name=loaded.name,
             versions=versions,
-            platform="onnxruntime_onnx",
+            platform=loaded.platform,
             inputs=[meta.TensorMetadata(name=convert.INPUT_NAME, datatype="BYTES", shape=[-1])],
             outputs=outputs,
         )

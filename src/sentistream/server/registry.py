@@ -28,9 +28,16 @@ from sentistream.errors import (
     SentistreamError,
     UnavailableError,
 )
-from sentistream.manifest import Manifest, load_manifest
+from sentistream.manifest import Manifest, Signature, TaskSpec, TensorSpec, load_manifest
 from sentistream.repository import ModelRepository, parse_model_ref
-from sentistream.runtime import Classifier, Prediction, load_onnx_classifier
+from sentistream.runtime import (
+    Classifier,
+    Prediction,
+    load_classifier,
+    load_onnx_classifier,
+    torch_model_ref,
+)
+from sentistream.text import CLEANING_VERSION
 
 __all__ = ["LoadedModel", "ModelRegistry"]
 
@@ -46,6 +53,11 @@ class LoadedModel:
     classifier: Classifier
     batcher: DynamicBatcher
     loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def platform(self) -> str:
+        """KServe V2 platform name of the runtime behind this model."""
+        return "pytorch_libtorch" if self.classifier.backend.name == "torch" else "onnxruntime_onnx"
 
     def metadata(self) -> dict[str, Any]:
         m = self.manifest
@@ -83,7 +95,16 @@ class ModelRegistry:
         self.in_flight = 0
 
     # -- what to serve --------------------------------------------------------------------------
+    @property
+    def torch_backend(self) -> bool:
+        """The torch backend serves one model (``settings.model``: a training checkpoint or a
+        Hugging Face model) under the name and version it records; the ONNX backend serves
+        the repository."""
+        return self.settings.backend == "torch"
+
     def _configured(self) -> dict[str, str]:
+        if self.torch_backend:
+            return dict([torch_model_ref(self.settings.model)])
         refs = self.settings.serve_models or self.repository.names()
         policy: dict[str, str] = {}
         for ref in refs:
@@ -92,6 +113,8 @@ class ModelRegistry:
         return policy
 
     def _wanted_versions(self, name: str, policy: str) -> list[str]:
+        if self.torch_backend:
+            return [policy]  # the one version it records
         available = self.repository.versions(name)
         if policy == "all":
             return available
@@ -171,9 +194,13 @@ class ModelRegistry:
 
     # -- loading --------------------------------------------------------------------------------
     def _build_parts(self, name: str, version: str) -> tuple[Manifest, Classifier]:
-        folder = self.repository.root / name / version
-        manifest = load_manifest(folder)
-        classifier = load_onnx_classifier(folder, self.settings, manifest)
+        if self.torch_backend:
+            classifier = load_classifier(self.settings)
+            manifest = torch_manifest(classifier, self.settings.model)
+        else:
+            folder = self.repository.root / name / version
+            manifest = load_manifest(folder)
+            classifier = load_onnx_classifier(folder, self.settings, manifest)
         classifier.classify(WARMUP_TEXTS)  # warm: first runs allocate and pick kernels
         return manifest, classifier
 
@@ -316,7 +343,10 @@ class ModelRegistry:
         return versions[version]
 
     def default_model(self) -> str:
-        name, _ = parse_model_ref(self.settings.model)
+        if self.torch_backend:
+            name = torch_model_ref(self.settings.model)[0]
+        else:
+            name, _ = parse_model_ref(self.settings.model)
         if name in self._models:
             return name
         if not self._models:
@@ -354,6 +384,42 @@ class ModelRegistry:
             return loaded, await loaded.batcher.submit(cleaned, tasks)
         finally:
             self.in_flight -= 1
+
+
+def torch_manifest(classifier: Classifier, source: str) -> Manifest:
+    """What the server publishes about a torch-backend model (metadata and signature
+    endpoints), built from the loaded classifier: it has no manifest file of its own."""
+    outputs = {task: f"logits_{task}" for task in classifier.tasks}
+    return Manifest(
+        name=classifier.name,
+        version=classifier.version,
+        description=f"torch backend ({classifier.backend.name}): {source}",
+        primary_task=classifier.primary_task,
+        tasks={
+            task: TaskSpec(
+                labels=labels,
+                output=outputs[task],
+                temperature=classifier.temperatures.get(task, 1.0),
+            )
+            for task, labels in classifier.tasks.items()
+        },
+        max_length=classifier.max_length,
+        truncation=classifier.truncation,
+        cleaning_version=CLEANING_VERSION,
+        max_chars=classifier.max_chars,
+        signature=Signature(
+            inputs=[
+                TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"])
+                for n in ("input_ids", "attention_mask")
+            ],
+            outputs=[
+                TensorSpec(name=outputs[t], dtype="float32", shape=["batch", len(labels)])
+                for t, labels in classifier.tasks.items()
+            ],
+        ),
+        base_model=source,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
 
 
 def _mtime(folder: Any) -> float:

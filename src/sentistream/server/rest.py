@@ -271,7 +271,7 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
         return {
             "name": loaded.name,
             "versions": versions,
-            "platform": "onnxruntime_onnx",
+            "platform": loaded.platform,
             "inputs": [{"name": convert.INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
             "outputs": [{"name": f"{t}_label", "datatype": "BYTES", "shape": [-1]} for t in tasks]
             + [
