@@ -64,25 +64,66 @@ def _decode_escapes(text: str) -> str:
 _ASCII_CONTROLS = {cp: (" " if chr(cp).isspace() else None) for cp in [*range(0x20), 0x7F]}
 
 
+# Distinct code points remembered by the per-code-point tables below: hostile input with very
+# many distinct characters cannot grow them without bound (beyond it, they are worked out anew).
+_TABLE_LIMIT = 20_000
+
+
+class _InvisibleTable(dict[int, str | None]):
+    """``str.translate`` table of :func:`_strip_invisible`: each code point's fate is worked
+    out once, on first sight, then looked up in C (the per-character Python loop it replaces
+    was most of the cleaning time of non-ASCII posts)."""
+
+    def __missing__(self, cp: int) -> str | None:
+        ch = chr(cp)
+        value: str | None = ch
+        if cp in _VARIATION_SELECTORS or cp in _SKIN_TONES:
+            value = None
+        elif unicodedata.category(ch) in _DROP_CATEGORIES:
+            # Line breaks, tabs and other separators become spaces; the rest vanishes.
+            value = " " if ch.isspace() or cp in (0x200B, 0x2028, 0x2029) else None
+        if len(self) < _TABLE_LIMIT:
+            self[cp] = value
+        return value
+
+
+_INVISIBLE = _InvisibleTable(_ASCII_CONTROLS)
+
+
 def _strip_invisible(text: str) -> str:
     if text.isascii():
         return text.translate(_ASCII_CONTROLS)
-    out: list[str] = []
-    for ch in text:
-        cp = ord(ch)
-        if cp in _VARIATION_SELECTORS or cp in _SKIN_TONES:
-            continue
-        if unicodedata.category(ch) in _DROP_CATEGORIES:
-            # Line breaks, tabs and other separators become spaces; the rest vanishes.
-            if ch.isspace() or cp in (0x200B, 0x2028, 0x2029):
-                out.append(" ")
-            continue
-        out.append(ch)
-    return "".join(out)
+    return text.translate(_INVISIBLE)
 
 
 def _split_hashtag(match: re.Match[str]) -> str:
     return "#" + _CAMEL.sub(" ", match.group(1))
+
+
+# Characters that can be pictographs (the range starts at U+2190; regional indicators are
+# inside it): the text between them is copied as it is, in one slice.
+_PICTOGRAPH_CANDIDATE = re.compile("[\u2190-\U0010ffff]")
+_NOT_A_PICTOGRAPH = ""
+_PICTOGRAPH_WORDS: dict[str, str | None] = {}
+
+
+def _pictograph_word(ch: str) -> str | None:
+    """The word for a candidate character: its Unicode name, "flag" for a regional indicator,
+    ``_NOT_A_PICTOGRAPH`` when it is no pictograph, None when this Python does not know its
+    name (left as it is). Remembered per character."""
+    if ch in _PICTOGRAPH_WORDS:
+        return _PICTOGRAPH_WORDS[ch]
+    cp = ord(ch)
+    word: str | None
+    if cp in _REGIONAL_INDICATORS:
+        word = "flag"
+    elif unicodedata.category(ch) == "So":
+        word = unicodedata.name(ch, "").lower() or None
+    else:
+        word = _NOT_A_PICTOGRAPH
+    if len(_PICTOGRAPH_WORDS) < _TABLE_LIMIT:
+        _PICTOGRAPH_WORDS[ch] = word
+    return word
 
 
 def _name_pictographs(text: str) -> str:
@@ -90,24 +131,23 @@ def _name_pictographs(text: str) -> str:
         return text
     out: list[str] = []
     previous = ""
-    for ch in text:
-        cp = ord(ch)
-        if cp in _REGIONAL_INDICATORS:
-            word = "flag"
-        elif cp >= _PICTOGRAPH_START and unicodedata.category(ch) == "So":
-            name = unicodedata.name(ch, "")
-            if not name:  # unknown to this Python's Unicode database: leave it as it is
-                out.append(ch)
-                previous = ""
-                continue
-            word = name.lower()
-        else:
+    end = 0
+    for match in _PICTOGRAPH_CANDIDATE.finditer(text):
+        start = match.start()
+        if start != end:  # other characters in between end a run
+            out.append(text[end:start])
+            previous = ""
+        end = start + 1
+        ch = match.group()
+        word = _pictograph_word(ch)
+        if not word:  # no pictograph, or one without a known name: kept as it is
             out.append(ch)
             previous = ""
             continue
         if word != previous:  # a run of the same pictograph counts once
             out.append(f" {word} ")
         previous = word
+    out.append(text[end:])
     return "".join(out)
 
 

@@ -154,3 +154,77 @@ def test_a_settled_pass_is_a_fixed_point(raw: str, cap: int) -> None:
 )
 def test_text_a_second_pass_changes_still_gets_it(raw: str, expected: str) -> None:
     assert clean(raw) == expected
+
+
+def _reference_strip(text: str) -> str:
+    """``_strip_invisible`` as a plain loop over characters: the definition its translate
+    table must match."""
+    import unicodedata
+
+    out = []
+    for ch in text:
+        cp = ord(ch)
+        if 0xFE00 <= cp < 0xFE10 or 0x1F3FB <= cp < 0x1F400:
+            continue
+        if unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"}:
+            if ch.isspace() or cp in (0x200B, 0x2028, 0x2029):
+                out.append(" ")
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
+def _reference_pictographs(text: str) -> str:
+    """``_name_pictographs`` as a plain loop over characters."""
+    import unicodedata
+
+    out, previous = [], ""
+    for ch in text:
+        cp = ord(ch)
+        if 0x1F1E6 <= cp < 0x1F200:
+            word = "flag"
+        elif cp >= 0x2190 and unicodedata.category(ch) == "So":
+            word = unicodedata.name(ch, "").lower()
+            if not word:
+                out.append(ch)
+                previous = ""
+                continue
+        else:
+            out.append(ch)
+            previous = ""
+            continue
+        if word != previous:
+            out.append(f" {word} ")
+        previous = word
+    return "".join(out)
+
+
+_pictographic = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(list("a é\u200b\u2028\ufe0f\U0001f3fd😂😂🇺🇸←☃\u4e00\U000e0001\U0010fffd")),
+        st.characters(),
+    ),
+    max_size=60,
+)
+
+
+@_settings
+@given(_pictographic)
+def test_table_driven_steps_match_their_per_character_definition(raw: str) -> None:
+    from sentistream.text import _name_pictographs, _strip_invisible
+
+    assert _strip_invisible(raw) == _reference_strip(raw)
+    assert _name_pictographs(raw) == _reference_pictographs(raw)
+    assert _strip_invisible(raw) == _reference_strip(raw)  # again, from the remembered table
+
+
+def test_remembered_code_points_are_bounded() -> None:
+    """Hostile input with tens of thousands of distinct characters is cleaned like any other
+    and leaves the per-code-point tables at their cap."""
+    import sentistream.text as t
+
+    flood = "".join(chr(cp) for cp in range(0x2190, 0x2190 + 3 * t._TABLE_LIMIT // 2))
+    assert clean(flood, max_chars=10**6)
+    assert len(t._INVISIBLE) <= t._TABLE_LIMIT
+    assert len(t._PICTOGRAPH_WORDS) <= t._TABLE_LIMIT
+    assert t._strip_invisible(flood) == _reference_strip(flood)
