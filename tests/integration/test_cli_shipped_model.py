@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -141,6 +142,23 @@ def test_dequantized_shipped_model_runs_on_the_torch_backend(tmp_path: Path) -> 
         assert [r["label"] for r in answer["results"]] == [r["label"] for r in fp32[:4]]
         with urllib.request.urlopen(f"{server.url}/v2/models/tweet-sentiment") as response:
             assert json.loads(response.read())["platform"] == "pytorch_libtorch"
+        index_request = urllib.request.Request(
+            f"{server.url}/v2/repository/index", b"", method="POST"
+        )
+        with urllib.request.urlopen(index_request, timeout=30) as response:
+            index = json.loads(response.read())
+        assert index == [
+            {"name": "tweet-sentiment", "version": MODEL.name, "state": "READY", "reason": ""}
+        ]
+        # Repository operations would load the torch model again under another name: refused.
+        for path in ("reviews/load", "tweet-sentiment/rollback"):
+            refused = urllib.request.Request(
+                f"{server.url}/v2/repository/models/{path}", b"", method="POST"
+            )
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(refused, timeout=30)
+            assert err.value.code == 400
+            assert "needs --backend onnx" in err.value.read().decode()
     bad = run("dequantize", "no-such-model", "--output", str(tmp_path / "x"), check=False)
     assert bad.returncode != 0 and "no-such-model" in bad.stderr and "Traceback" not in bad.stderr
 

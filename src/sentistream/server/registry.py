@@ -271,6 +271,15 @@ class ModelRegistry:
     async def load(self, ref: str) -> LoadedModel:
         """Load NAME[:VERSION] now (newest when no version) and serve it alongside."""
         name, version = parse_model_ref(ref)
+        if self.torch_backend:
+            served = self._models.get(name, {})
+            if version in served or (version is None and served):
+                return served[version or max(served, key=int)]
+            raise InvalidInputError(
+                "the torch backend serves one model, "
+                f"{':'.join(torch_model_ref(self.settings.model))}; loading, rolling back or "
+                "refreshing repository models needs --backend onnx"
+            )
         version = version or self.repository.resolve(name).name
         async with self._lock:
             current = self._models.setdefault(name, {})

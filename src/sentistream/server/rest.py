@@ -377,6 +377,10 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
     )
     async def repository_index() -> list[dict[str, Any]]:
         served = {(m.name, m.version) for m in registry.models()}
+        if registry.torch_backend:  # one model, not from the repository
+            return [
+                {"name": n, "version": v, "state": "READY", "reason": ""} for n, v in sorted(served)
+            ]
         return [
             {
                 "name": r["name"],
