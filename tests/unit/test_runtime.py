@@ -260,3 +260,13 @@ def test_torch_model_ref_names_a_model_without_loading_it(tmp_path: Path) -> Non
     assert torch_model_ref(str(ckpt)) == ("run", "0")
     assert torch_model_ref("Org/My Model_v2") == ("my-model_v2", "0")
     assert torch_model_ref("///") == ("model", "0")
+
+
+def test_encode_gives_the_ids_of_the_full_tokenizer_call(tiny_classifier) -> None:  # type: ignore[no-untyped-def]
+    """``encode`` calls ``encode_batch_fast`` (no character offsets): the very ids of
+    ``encode_batch``, truncation included."""
+    texts = ["love it", "hate hate hate " * 40, "ünïcödé and 😂", "x"]
+    cleaned = [tiny_classifier.prepare(t) for t in texts]
+    full = [e.ids for e in tiny_classifier.tokenizer.encode_batch(cleaned)]
+    assert tiny_classifier.encode(cleaned) == full
+    assert max(len(ids) for ids in full) == tiny_classifier.max_length

@@ -185,7 +185,10 @@ class Classifier:
         return self.classify_clean(cleaned, tasks)
 
     def encode(self, cleaned: Sequence[str]) -> list[list[int]]:
-        encoded = [enc.ids for enc in self.tokenizer.encode_batch(list(cleaned))]
+        # encode_batch_fast: the same ids without character offsets, which nothing here reads
+        # (tokenizing alone 1.12x with two threads, 1.24x with one; tokenizers >= 0.20).
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        encoded = [enc.ids for enc in encode(list(cleaned))]
         if self.truncation == "head_tail":
             return [head_tail_ids(ids, self.max_length) for ids in encoded]
         return encoded
