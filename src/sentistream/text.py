@@ -102,7 +102,7 @@ def _split_hashtag(match: re.Match[str]) -> str:
 
 # Characters that can be pictographs (the range starts at U+2190; regional indicators are
 # inside it): the text between them is copied as it is, in one slice.
-_PICTOGRAPH_CANDIDATE = re.compile("[\u2190-\U0010ffff]")
+_PICTOGRAPH_CANDIDATE = re.compile(f"[{chr(_PICTOGRAPH_START)}-\U0010ffff]")
 _NOT_A_PICTOGRAPH = ""
 _PICTOGRAPH_WORDS: dict[str, str | None] = {}
 
@@ -200,10 +200,10 @@ def clean(text: object, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     current = text
     for _ in range(_MAX_PASSES):
         cleaned = _clean_once(current, max_chars)
-        if cleaned == current or _settled(cleaned):
-            current = cleaned
-            break
+        done = cleaned == current or _settled(cleaned)
         current = cleaned
+        if done:
+            break
     if not current:
         raise InvalidInputError("text is empty after cleaning")
     return current

@@ -94,7 +94,7 @@ def load_classifier(settings: Settings) -> Classifier:
                 f"{source!r} is an ONNX model in the repository (use --backend onnx)"
             )
         parts = load_torch_model(source, precision=settings.torch_precision)
-        on_gpu = bool(getattr(parts["backend"], "on_gpu", False))
+        on_gpu = parts["backend"].on_gpu
         return Classifier(
             parts["backend"],
             parts["tokenizer"],

@@ -93,18 +93,21 @@ class ModelRegistry:
         self.ready = False
         self.draining = False
         self.in_flight = 0
+        # The torch backend serves one model (``settings.model``: a training checkpoint or a
+        # Hugging Face model) under the name and version it records, read once here (the
+        # default model of every request is its name); the ONNX backend serves the repository.
+        self.torch_ref: tuple[str, str] | None = (
+            torch_model_ref(settings.model) if settings.backend == "torch" else None
+        )
 
     # -- what to serve --------------------------------------------------------------------------
     @property
     def torch_backend(self) -> bool:
-        """The torch backend serves one model (``settings.model``: a training checkpoint or a
-        Hugging Face model) under the name and version it records; the ONNX backend serves
-        the repository."""
-        return self.settings.backend == "torch"
+        return self.torch_ref is not None
 
     def _configured(self) -> dict[str, str]:
-        if self.torch_backend:
-            return dict([torch_model_ref(self.settings.model)])
+        if self.torch_ref is not None:
+            return dict([self.torch_ref])
         refs = self.settings.serve_models or self.repository.names()
         policy: dict[str, str] = {}
         for ref in refs:
@@ -271,14 +274,13 @@ class ModelRegistry:
     async def load(self, ref: str) -> LoadedModel:
         """Load NAME[:VERSION] now (newest when no version) and serve it alongside."""
         name, version = parse_model_ref(ref)
-        if self.torch_backend:
+        if self.torch_ref is not None:
             served = self._models.get(name, {})
             if version in served or (version is None and served):
                 return served[version or max(served, key=int)]
             raise InvalidInputError(
-                "the torch backend serves one model, "
-                f"{':'.join(torch_model_ref(self.settings.model))}; loading, rolling back or "
-                "refreshing repository models needs --backend onnx"
+                f"the torch backend serves one model, {':'.join(self.torch_ref)}; loading, "
+                "rolling back or refreshing repository models needs --backend onnx"
             )
         version = version or self.repository.resolve(name).name
         async with self._lock:
@@ -352,8 +354,8 @@ class ModelRegistry:
         return versions[version]
 
     def default_model(self) -> str:
-        if self.torch_backend:
-            name = torch_model_ref(self.settings.model)[0]
+        if self.torch_ref is not None:
+            name = self.torch_ref[0]
         else:
             name, _ = parse_model_ref(self.settings.model)
         if name in self._models:

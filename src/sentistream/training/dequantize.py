@@ -70,9 +70,9 @@ class _Graph:
         )
 
     def attention_layer(self, node: Any) -> int:
-        """The encoder layer of an attention node: the layer whose attention output projection
-        its output reaches within a few hops (node names of the fused attentions are numbered
-        in fusion order, not by layer)."""
+        """The encoder layer of an attention node or of one of its Q/K/V projections: the
+        layer whose attention output projection its output reaches within a few hops (the
+        fused attentions' node names are numbered in fusion order, not by layer)."""
         frontier, seen = list(node.output), set()
         for _ in range(4):
             following: list[str] = []
@@ -113,7 +113,8 @@ def dequantized_state(model_path: Path, heads: list[str]) -> tuple[dict[str, np.
     for name, value in graph.init.items():
         if name.startswith("model.") and (name.endswith(".weight") or name.endswith(".bias")):
             state[name[len("model.") :]] = value.astype(_FLOAT)
-    split_qkv: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    # encoder layer -> "q" / "k" / "v" -> (weight [in, out], bias)
+    qkv: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for node in graph.nodes:
         op = node.op_type
         if op in ("QEmbedLayerNormalization", "EmbedLayerNormalization"):
@@ -136,13 +137,13 @@ def dequantized_state(model_path: Path, heads: list[str]) -> tuple[dict[str, np.
             weight = graph.weight(node.input[1])
             bias = graph.array(node.input[2]).astype(_FLOAT)
             for j, chunk in enumerate(np.split(weight, 3, axis=1)):
-                split_qkv.setdefault(str(layer), {})["qkv"[j]] = (chunk, np.split(bias, 3)[j])
+                qkv.setdefault(layer, {})["qkv"[j]] = (chunk, np.split(bias, 3)[j])
         elif op == "MatMulIntegerToFloat":
             # Split attention: {node}/{q|k|v}_matmul with its bias as the 7th input.
             which = node.name.rsplit("/", 1)[-1][:1]
             if which not in "qkv" or len(node.input) < 7:
                 raise DequantizeError(f"unknown MatMulIntegerToFloat node {node.name!r}")
-            split_qkv.setdefault(node.name.rsplit("/", 1)[0], {})[which] = (
+            qkv.setdefault(graph.attention_layer(node), {})[which] = (
                 graph.quantized(node.input[1]),
                 graph.array(node.input[6]).astype(_FLOAT),
             )
@@ -154,19 +155,9 @@ def dequantized_state(model_path: Path, heads: list[str]) -> tuple[dict[str, np.
                 module = f"heads.{module}"
             # ONNX keeps [in, out]; torch Linear keeps [out, in].
             state[f"{module}.weight"] = np.ascontiguousarray(graph.weight(node.input[1]).T)
-    for key, parts in split_qkv.items():
+    for layer, parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
-            raise DequantizeError(f"attention {key!r} lacks some of Q/K/V: has {sorted(parts)}")
-        if key.isdigit():
-            layer = int(key)
-        else:
-            attention = next(
-                (n for n in graph.nodes if n.op_type == "Attention" and n.name.startswith(key)),
-                None,
-            )
-            if attention is None:
-                raise DequantizeError(f"no Attention node follows {key!r}")
-            layer = graph.attention_layer(attention)
+            raise DequantizeError(f"layer {layer} lacks some of Q/K/V: has {sorted(parts)}")
         prefix = f"encoder.encoder.layer.{layer}.attention.self"
         for which, module in (("q", "query"), ("k", "key"), ("v", "value")):
             weight, bias = parts[which]
