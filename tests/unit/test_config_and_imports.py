@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,37 @@ def test_torch_precision_is_validated() -> None:
     assert Settings(torch_precision="fp16").torch_precision == "fp16"
     with pytest.raises(ValueError, match="torch_precision"):
         Settings(torch_precision="int4")
+
+
+def test_server_defers_fastapis_openapi_models_and_still_serves_the_document(
+    tiny_repo: Path,
+) -> None:
+    # sentistream.server.fastapi_import: FastAPI's OpenAPI models are built on first use (the
+    # server's cold start), pydantic's config is put back, and /openapi.json still works.
+    code = (
+        "import json, sys\n"
+        "import pydantic\n"
+        "import sentistream.server.app\n"
+        "import sentistream.server.rest as rest\n"
+        "from fastapi.openapi import models\n"
+        "assert 'defer_build' not in pydantic.BaseModel.model_config\n"
+        "assert not models.OpenAPI.__pydantic_complete__, 'built at import'\n"
+        "class Later(pydantic.BaseModel):\n"
+        "    x: int\n"
+        "assert Later.__pydantic_complete__  # models defined afterwards build as usual\n"
+        "from sentistream.config import Settings\n"
+        "from sentistream.monitoring import ServerMetrics\n"
+        "from sentistream.server.registry import ModelRegistry\n"
+        f"s = Settings(model_repository={str(tiny_repo)!r}, grpc_enabled=False)\n"
+        "app = rest.create_app(ModelRegistry(s), ServerMetrics(), s)\n"
+        "doc = app.openapi()\n"
+        "models.OpenAPI.model_validate(doc)\n"
+        "assert '/v1/classify' in doc['paths'], sorted(doc['paths'])\n"
+        "from sentistream.server.fastapi_import import import_fastapi\n"
+        "import_fastapi()  # again: a no-op\n"
+        "assert 'defer_build' not in pydantic.BaseModel.model_config\n"
+        "print(json.dumps(doc['info']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["title"]

@@ -24,9 +24,12 @@ import uvicorn
 from sentistream import startup_gc
 from sentistream.config import Settings
 from sentistream.monitoring import ServerMetrics
+from sentistream.server.fastapi_import import import_fastapi
 from sentistream.server.logs import configure_logging
 from sentistream.server.registry import ModelRegistry
-from sentistream.server.rest import create_app
+
+import_fastapi()  # before the REST module: FastAPI's OpenAPI models are built on first use
+from sentistream.server.rest import create_app  # noqa: E402
 
 __all__ = ["QuietServer", "serve"]
 
