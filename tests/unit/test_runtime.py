@@ -270,3 +270,44 @@ def test_encode_gives_the_ids_of_the_full_tokenizer_call(tiny_classifier) -> Non
     full = [e.ids for e in tiny_classifier.tokenizer.encode_batch(cleaned)]
     assert tiny_classifier.encode(cleaned) == full
     assert max(len(ids) for ids in full) == tiny_classifier.max_length
+
+
+def test_models_with_the_same_tokenizer_share_one(tmp_path: Path) -> None:
+    import gc
+    import json
+
+    from sentistream.config import Settings
+    from sentistream.runtime import _tokenizers, load_onnx_classifier
+    from sentistream.testing import tiny_model_folder
+
+    settings = Settings(intra_op_threads=1)
+    a = load_onnx_classifier(tiny_model_folder(tmp_path, "a", "1", seed=1, max_length=48), settings)
+    b = load_onnx_classifier(tiny_model_folder(tmp_path, "b", "1", seed=2, max_length=48), settings)
+    # the same tokenizer.json bytes and truncation: one object, configured once
+    assert a.tokenizer is b.tokenizer
+    assert a.tokenizer.truncation == {
+        "max_length": 48,  # a key no other test uses (fixtures share theirs)
+        "stride": 0,
+        "strategy": "longest_first",
+        "direction": "right",
+    }
+    # another max_length or truncation: a tokenizer of its own, configured for it
+    longer = tiny_model_folder(tmp_path, "c", "1", seed=3, max_length=32)
+    c = load_onnx_classifier(longer, settings)
+    assert c.tokenizer is not a.tokenizer and c.tokenizer.truncation["max_length"] == 32
+    head_tail = tiny_model_folder(tmp_path, "d", "1", seed=4)
+    manifest = json.loads((head_tail / "manifest.json").read_text())
+    manifest["truncation"] = "head_tail"
+    (head_tail / "manifest.json").write_text(json.dumps(manifest))
+    d = load_onnx_classifier(head_tail, settings)
+    assert d.tokenizer is not a.tokenizer and d.tokenizer.truncation is None
+    assert a.tokenizer.truncation is not None  # the shared one was not reconfigured
+
+    e = load_onnx_classifier(tiny_model_folder(tmp_path, "e", "1", seed=5, max_length=48), settings)
+    assert e.tokenizer is a.tokenizer
+
+    # the cache holds no model alive: the entry goes with the last model using it
+    entries = len(_tokenizers)
+    del a, b, e
+    gc.collect()
+    assert len(_tokenizers) == entries - 1

@@ -25,6 +25,7 @@ __all__ = [
     "Classifier",
     "Prediction",
     "TaskPrediction",
+    "configure_tokenizer",
     "prepare_text",
     "select_tasks",
 ]
@@ -112,6 +113,26 @@ def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
     return out
 
 
+def configure_tokenizer(tokenizer: Tokenizer, truncation: str, max_length: int) -> None:
+    """No padding; truncation to ``max_length`` tokens for ``"head"``, none for ``"head_tail"``
+    (the classifier cuts those itself). Changes the tokenizer only where it differs: a tokenizer
+    shared by several models (:func:`sentistream.runtime.shared_tokenizer`) may be encoding for
+    one of them on another thread while the next model loads, and is then left as it is."""
+    if tokenizer.padding is not None:
+        tokenizer.no_padding()
+    if truncation == "head":
+        wanted = {
+            "max_length": max_length,
+            "stride": 0,
+            "strategy": "longest_first",
+            "direction": "right",
+        }
+        if tokenizer.truncation != wanted:
+            tokenizer.enable_truncation(max_length=max_length)
+    elif tokenizer.truncation is not None:
+        tokenizer.no_truncation()
+
+
 class Classifier:
     """Texts in, predictions out, in the caller's order."""
 
@@ -136,15 +157,11 @@ class Classifier:
         if primary_task not in tasks:
             raise ValueError(f"primary task {primary_task!r} not in {list(tasks)}")
         self.backend = backend
-        self.tokenizer = tokenizer
-        self.tokenizer.no_padding()
         if truncation not in ("head", "head_tail"):
             raise ValueError(f"unknown truncation {truncation!r}")
+        self.tokenizer = tokenizer
+        configure_tokenizer(tokenizer, truncation, max_length)
         self.truncation = truncation
-        if truncation == "head":
-            self.tokenizer.enable_truncation(max_length=max_length)
-        else:
-            self.tokenizer.no_truncation()
         self.tasks = tasks
         self.primary_task = primary_task
         self.max_length = max_length
