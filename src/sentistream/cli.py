@@ -104,6 +104,8 @@ def _add_unfuse_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _add_setting_flags(p: argparse.ArgumentParser) -> None:
+    from sentistream.config import TORCH_PRECISIONS
+
     g = p.add_argument_group("model settings (also SENTISTREAM_* environment variables)")
     g.add_argument("--model-repository", type=Path, default=None, help="models folder")
     g.add_argument("--model", default=None, help="NAME or NAME:VERSION")
@@ -128,7 +130,7 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--torch-precision",
-        choices=["fp32", "tf32", "fp16", "bf16"],
+        choices=TORCH_PRECISIONS,
         default=None,
         help="torch backend: fp32 (default), tf32, fp16 or bf16 (the last three on a GPU)",
     )

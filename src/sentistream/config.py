@@ -17,14 +17,18 @@ import math
 import os
 from collections.abc import Container
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 __all__ = [
     "BUNDLED_MODELS",
     "ENV_PREFIX",
+    "GPU_BATCH_SIZE",
+    "GPU_MAX_BATCH_TOKENS",
+    "TORCH_PRECISIONS",
     "Settings",
+    "TorchPrecision",
     "cgroup_cpu_limit",
     "default_threads",
     "settings_markdown",
@@ -89,6 +93,10 @@ def environment_values(fields: Container[str]) -> dict[str, str]:
 GPU_BATCH_SIZE = 256
 GPU_MAX_BATCH_TOKENS = 32768
 
+# Number formats of the torch backend (the setting, the CLI flag and the backend's check).
+TorchPrecision = Literal["fp32", "tf32", "fp16", "bf16"]
+TORCH_PRECISIONS: tuple[str, ...] = get_args(TorchPrecision)
+
 
 class Settings(BaseModel):
     """sentistream settings (env prefix ``SENTISTREAM_``)."""
@@ -144,7 +152,7 @@ class Settings(BaseModel):
         "with more (enough rows per operator to share out), 32768 for the torch backend on a "
         "GPU. Otherwise at least 64.",
     )
-    torch_precision: Literal["fp32", "tf32", "fp16", "bf16"] = Field(
+    torch_precision: TorchPrecision = Field(
         "fp32",
         description="Torch backend only: weights and activations in fp32, fp32 with TF32 "
         "matmuls, fp16 or bf16 (the last three need a CUDA GPU; no faster than fp32 for the "

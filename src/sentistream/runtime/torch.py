@@ -14,14 +14,12 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from sentistream.config import TORCH_PRECISIONS as PRECISIONS
 from sentistream.errors import ModelLoadError
 from sentistream.runtime import torch_model_ref
 from sentistream.runtime.base import FloatArray, IdArray
 
 __all__ = ["PRECISIONS", "TorchBackend", "load_torch_model", "resolve_precision"]
-
-
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
