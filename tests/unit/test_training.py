@@ -401,3 +401,62 @@ def test_pipeline_baseline_from_a_checkpoint_needs_no_backbone_package(
     texts = ["i love this great day", "worst awful game"]
     theirs = [max(r, key=lambda s: s["score"])["label"] for r in pipe(texts)]
     assert theirs == [p.label for p in ours.classify(texts)]
+
+
+def test_jsonl_sources_exclusions_and_a_fixed_holdout(
+    tiny_backbone: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from sentistream.training.data import load_split
+    from sentistream.training.finetune import FinetuneConfig, excluded_texts, finetune
+
+    rng = random.Random(5)
+    extra = tmp_path / "extra.jsonl"
+    rows = [{"text": t, "label": "positive"} for t in _sentences(POS, 30, rng)]
+    rows += [{"text": t, "label": "negative"} for t in _sentences(NEG, 30, rng)]
+    rows += [{"text": " ".join(rng.choice(NEU) for _ in range(3)), "label": "neutral"}] * 1
+    extra.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    split = load_split(extra)
+    assert split.label_names == ["negative", "neutral", "positive"]  # TweetEval's order
+    assert len(split.texts) == 61
+    check = tmp_path / "check.jsonl"
+    check.write_text(json.dumps({"text": rows[0]["text"], "label": "positive"}) + "\n")
+    assert rows[0]["text"].strip() in excluded_texts([check], 1000)
+
+    def run(seed: int) -> dict[str, object]:
+        out = finetune(
+            FinetuneConfig(
+                tasks=[f"sentiment={tiny_dataset},{extra}"],
+                output=tmp_path / f"ck{seed}",
+                base_model=str(tiny_backbone),
+                epochs=1,
+                batch_size=16,
+                lr=1e-3,
+                max_length=32,
+                val_fraction=0.2,
+                holdout_seed=13,
+                exclude=[check],
+                seed=seed,
+                threads=1,
+                bf16=False,
+            )
+        )
+        meta: dict[str, object] = json.loads((out / "checkpoint.json").read_text())
+        return meta
+
+    first, second = run(1), run(2)
+    # the same hold-out whatever the training seed: 12 of the 61 JSONL rows, + TweetEval's 60
+    assert first["val_examples"] == second["val_examples"] == 60 + 12
+    # 181 TweetEval + 49 JSONL rows for training, less the one text found in the check set
+    assert first["train_examples"] == 181 + 49 - 1
+
+
+def test_jsonl_errors_name_file_and_line(tmp_path: Path) -> None:
+    from sentistream.training.data import load_split
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok", "label": "positive"}\n{"text": 3, "label": "neutral"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: no string 'text'"):
+        load_split(path)
+    path.write_text('{"text": "ok", "label": "positive"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not JSON"):
+        load_split(path)

@@ -1,4 +1,6 @@
-"""Labelled datasets: the TweetEval folder layout, or a CSV/TSV file with text and label columns.
+"""Labelled datasets: the TweetEval folder layout, a CSV/TSV file with text and label columns, or
+a JSONL file of ``{"text": ..., "label": ...}`` objects (the layout of ``extra/train`` and
+``extra/check``).
 
 Loading keeps every example (TweetEval's empty lines are real examples: dropping one shifts every
 label after it) and fingerprints the files so a model manifest says exactly what it saw.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,21 +78,55 @@ def _load_table(path: Path, text_column: str, label_column: str) -> LabelledSpli
         if label_column not in reader.fieldnames:
             raise ValueError(f"{path}: no column {label_column!r} (columns: {reader.fieldnames})")
         rows = [(r[text_column], r[label_column]) for r in reader]
-    raw = sorted({lab for _, lab in rows})
+    return _named_labels(path, [t for t, _ in rows], [lab for _, lab in rows])
+
+
+def _named_labels(path: Path, texts: list[str], raw_labels: list[str]) -> LabelledSplit:
+    """Integer labels as they are (names ``0..n-1``); string labels by sorted name."""
+    raw = sorted(set(raw_labels))
     if all(x.lstrip("-").isdigit() for x in raw):
-        ints = [int(lab) for _, lab in rows]
+        ints = [int(lab) for lab in raw_labels]
         names = [str(i) for i in range(max(ints) + 1)]
-        return LabelledSplit([t for t, _ in rows], ints, names, str(path))
+        return LabelledSplit(texts, ints, names, str(path))
     index = {name: i for i, name in enumerate(raw)}
-    return LabelledSplit([t for t, _ in rows], [index[lab] for _, lab in rows], raw, str(path))
+    return LabelledSplit(texts, [index[lab] for lab in raw_labels], raw, str(path))
+
+
+def _load_jsonl(path: Path, text_column: str, label_column: str) -> LabelledSplit:
+    """One JSON object per line with a string text and a label; any bad line is an error
+    naming the file and line (a labelled set with a silently dropped row is a different set)."""
+    texts: list[str] = []
+    labels: list[str] = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object")
+            text, label = row.get(text_column), row.get(label_column)
+            if not isinstance(text, str):
+                raise ValueError(f"{path}:{number}: no string {text_column!r}")
+            if not isinstance(label, str | int) or isinstance(label, bool):
+                raise ValueError(f"{path}:{number}: no string or integer {label_column!r}")
+            texts.append(text)
+            labels.append(str(label))
+    if not texts:
+        raise ValueError(f"{path}: no examples")
+    return _named_labels(path, texts, labels)
 
 
 def load_split(
     path: Path, split: str = "train", text_column: str = "text", label_column: str = "label"
 ) -> LabelledSplit:
-    """Load ``split`` from a TweetEval folder, or the whole of a CSV/TSV file."""
+    """Load ``split`` from a TweetEval folder, or the whole of a CSV/TSV/JSONL file."""
     if path.is_dir():
         return _load_tweeteval(path, split)
+    if path.is_file() and path.suffix.lower() == ".jsonl":
+        return _load_jsonl(path, text_column, label_column)
     if path.is_file():
         return _load_table(path, text_column, label_column)
     raise FileNotFoundError(f"no dataset at {path}")

@@ -136,6 +136,7 @@ def _labelled_split(
         data = load_split(path, split)
         return data, {str(path): (0, len(data.texts))}
     cfg = meta.get("training_config", {})
+    holdout_seed = cfg.get("holdout_seed")
     texts: list[str] = []
     ys: list[int] = []
     ranges: dict[str, tuple[int, int]] = {}
@@ -143,7 +144,7 @@ def _labelled_split(
         _, val = load_train_val(
             source,
             val_fraction=float(cfg.get("val_fraction", 0.1)),
-            seed=int(cfg.get("seed", 42)),
+            seed=int(holdout_seed if holdout_seed is not None else cfg.get("seed", 42)),
             text_column=str(cfg.get("text_column", "text")),
             label_column=str(cfg.get("label_column", "label")),
         )

@@ -48,6 +48,7 @@ __all__ = [
     "WeightAverage",
     "bucketed_batches",
     "encode_texts",
+    "excluded_texts",
     "finetune",
     "masked_multitask_loss",
     "parse_task_specs",
@@ -109,6 +110,12 @@ class FinetuneConfig(BaseModel):
         "decay per step (e.g. 0.999; 0: the raw weights)",
     )
     seed: int = 42
+    holdout_seed: int | None = Field(
+        None,
+        description="seed of the validation hold-outs drawn from CSV/TSV/JSONL sources "
+        "(default: --seed); fix it so that runs with different seeds are judged on the same "
+        "hold-out",
+    )
     bf16: bool | None = Field(
         None, description="bf16 autocast; default: where the hardware has it (resolve_bf16)"
     )
@@ -125,6 +132,11 @@ class FinetuneConfig(BaseModel):
         "score) per task, e.g. the single-task models: keep the weights with the smallest "
         "worst-task gap to them instead of the best mean score (the multi-task goal: no "
         "task loses more than a point)",
+    )
+    exclude: list[Path] = Field(
+        default_factory=list,
+        description="labelled or text files (e.g. the check sets) whose texts, once cleaned, are "
+        "dropped from training: a model is never trained on the sets it is judged on",
     )
     max_train_examples: int | None = Field(None, description="subsample train (smoke tests)")
     max_val_examples: int | None = None
@@ -446,7 +458,7 @@ def _load_sources(
             source,
             val_path=config.val_data if single else None,
             val_fraction=config.val_fraction,
-            seed=config.seed,
+            seed=config.seed if config.holdout_seed is None else config.holdout_seed,
             text_column=config.text_column,
             label_column=config.label_column,
         )
@@ -478,11 +490,24 @@ def _load_sources(
     return join(trains, "train"), join(vals, "val"), ranges
 
 
+def excluded_texts(paths: list[Path], max_chars: int) -> set[str]:
+    """Cleaned texts of every file in ``paths`` (labelled JSONL/CSV/TSV, a TweetEval folder's
+    train and val, or JSONL/plain text), to keep out of training."""
+    from sentistream.training.unlabeled import read_texts
+
+    out: set[str] = set()
+    for path in paths:
+        out.update(clean_or_empty(t, max_chars) for t in read_texts(path))
+    out.discard("")
+    return out
+
+
 def load_tasks(config: FinetuneConfig, tokenizer: Tokenizer) -> list[TaskData]:
     """Every task's train/val split, cleaned and tokenized."""
     rng = random.Random(config.seed)
     tasks: list[TaskData] = []
     specs = config.task_specs()
+    banned = excluded_texts(config.exclude, config.max_chars)
     for name, path in specs:
         train, val, ranges = _load_sources(config, path, len(specs) == 1, rng)
         train = _subsample(train, config.max_train_examples, rng)
@@ -495,12 +520,23 @@ def load_tasks(config: FinetuneConfig, tokenizer: Tokenizer) -> list[TaskData]:
             return encode_texts(tokenizer, cleaned, config.max_length, config.truncation)
 
         train_texts = [clean_or_empty(t, config.max_chars) for t in train.texts]
+        train_y = list(train.labels)
+        if banned:
+            keep = [i for i, t in enumerate(train_texts) if t not in banned]
+            if len(keep) < len(train_texts):
+                print(
+                    f"{name}: {len(train_texts) - len(keep)} training texts dropped "
+                    "(they occur in --exclude sets)",
+                    flush=True,
+                )
+            train_texts = [train_texts[i] for i in keep]
+            train_y = [train_y[i] for i in keep]
         tasks.append(
             TaskData(
                 name,
                 train.label_names,
                 encode_texts(tokenizer, train_texts, config.max_length, config.truncation),
-                train.labels,
+                train_y,
                 enc(val.texts),
                 val.labels,
                 path,

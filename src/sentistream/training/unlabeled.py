@@ -12,7 +12,15 @@ from pathlib import Path
 from sentistream.text import clean_or_empty
 from sentistream.training.data import load_split
 
-__all__ = ["load_unlabeled", "validation_texts"]
+__all__ = ["load_unlabeled", "read_texts", "validation_texts"]
+
+
+def read_texts(path: Path) -> list[str]:
+    """Every text of a source: a TweetEval folder's train and val, JSONL records' ``text``, a
+    CSV/TSV's text column."""
+    if path.is_dir():
+        return load_split(path, "train").texts + load_split(path, "val").texts
+    return _read_source(path)
 
 
 def _read_source(path: Path) -> list[str]:
