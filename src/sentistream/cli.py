@@ -455,9 +455,25 @@ def _cmd_dequantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from sentistream.evaluate import evaluate_model
+    from sentistream.evaluate import evaluate_model, evaluate_suite
 
     settings = _settings(args)
+    if args.suite:
+        if args.data is None:
+            raise SystemExit("evaluate --suite needs the data folder, e.g. ../shared/data")
+        result = evaluate_suite(
+            settings,
+            args.data,
+            everyday=args.everyday,
+            output_dir=args.output_dir,
+            task=args.task,
+        )
+        from sentistream.evaluation.render import markdown
+
+        print(markdown(result))
+        return 0
+    if args.data is None:
+        raise SystemExit("evaluate needs a dataset (or --suite with the data folder)")
     report = evaluate_model(
         settings,
         args.data,
@@ -803,8 +819,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-repository", type=Path, default=None, help="models folder")
     p.set_defaults(func=_cmd_dequantize)
 
-    p = sub.add_parser("evaluate", help="score a model on a labelled split")
-    p.add_argument("data", type=Path, help="TweetEval folder or CSV/TSV")
+    p = sub.add_parser("evaluate", help="score a model on a labelled split, or the suite")
+    p.add_argument(
+        "data",
+        type=Path,
+        nargs="?",
+        help="TweetEval folder or CSV/TSV/JSONL; with --suite the shared data folder",
+    )
+    p.add_argument(
+        "--suite",
+        action="store_true",
+        help="validation + the seven check sets (DATA/extra/check) + --everyday, one table",
+    )
+    p.add_argument(
+        "--everyday",
+        type=Path,
+        help="the everyday posts (JSONL with kind), e.g. tests/data/everyday_posts.jsonl",
+    )
+    p.add_argument("--output-dir", type=Path, help="--suite: write suite.json/.md/.png here")
     p.add_argument("--split", default="val")
     p.add_argument("--task", help="task of the model to score (default: its primary task)")
     p.add_argument("--output", type=Path, help="write the full report as JSON")

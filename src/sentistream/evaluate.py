@@ -13,7 +13,7 @@ from sentistream.metrics import classification_report
 if TYPE_CHECKING:
     from sentistream.config import Settings
 
-__all__ = ["evaluate_model"]
+__all__ = ["evaluate_model", "evaluate_suite"]
 
 
 def evaluate_model(
@@ -74,4 +74,53 @@ def evaluate_model(
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def evaluate_suite(
+    settings: Settings,
+    data: Path,
+    *,
+    everyday: Path | None = None,
+    output_dir: Path | None = None,
+    task: str | None = None,
+) -> dict[str, Any]:
+    """Score the model on the evaluation suite (``sentistream.evaluation``): TweetEval
+    validation, the seven check sets under ``data/extra/check`` and the everyday posts; writes
+    ``suite.json``, ``suite.md`` and ``suite.png`` into ``output_dir`` when given."""
+    import numpy as np
+
+    from sentistream.evaluation.render import markdown, plot
+    from sentistream.evaluation.sets import suite_sets
+    from sentistream.evaluation.suite import suite_report
+    from sentistream.runtime import load_classifier
+
+    sets = suite_sets(data, everyday)
+    classifier = load_classifier(settings)
+    task = task or classifier.primary_task
+    if task not in classifier.tasks:
+        raise InvalidInputError(
+            f"model has no task {task!r} (tasks: {', '.join(classifier.tasks)})"
+        )
+
+    def probabilities(texts: list[str]) -> Any:
+        cleaned = []
+        for text in texts:
+            try:
+                cleaned.append(classifier.prepare(text))
+            except InvalidInputError:
+                cleaned.append("")  # scored as the empty string, like evaluate_model
+        probs, _ = classifier.probabilities(cleaned)
+        return np.asarray(probs[task])
+
+    started = time.perf_counter()
+    result = suite_report(
+        sets, probabilities, classifier.tasks[task], f"{classifier.name}:{classifier.version}"
+    )
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "suite.json").write_text(json.dumps(result, indent=2) + "\n")
+        (output_dir / "suite.md").write_text(markdown(result))
+        plot([result], output_dir / "suite.png")
     return result

@@ -223,3 +223,28 @@ def test_evaluate_reproduces_the_card(sentiment_data: Path, tmp_path: Path) -> N
     summary = json.loads(proc.stdout)
     assert summary["n"] == 2000
     assert summary["macro_recall"] == pytest.approx(expected, abs=0.005)
+
+
+def test_evaluate_suite_writes_table_json_and_plot(tmp_path: Path) -> None:
+    from tests.unit.test_evaluation_suite import EVERYDAY, _shared_data
+
+    out = tmp_path / "eval"
+    result = run(
+        "evaluate",
+        "--suite",
+        str(_shared_data(tmp_path)),
+        "--everyday",
+        str(EVERYDAY),
+        "--output-dir",
+        str(out),
+    )
+    assert "| **check-suite mean** |" in result.stdout
+    suite = json.loads((out / "suite.json").read_text())
+    assert [s["name"] for s in suite["sets"]][:2] == ["validation", "tse_test"]
+    assert suite["sets"][-1]["n"] == 240
+    assert 0.0 <= suite["summary"]["check_mean_macro_recall"] <= 1.0
+    assert (out / "suite.md").read_text().startswith("| set | n | macro-recall |")
+    assert (out / "suite.png").stat().st_size > 1000
+    missing = run("evaluate", "--suite", str(tmp_path / "nowhere"), check=False)
+    assert missing.returncode != 0 and "missing" in missing.stderr
+    assert "Traceback" not in missing.stderr
