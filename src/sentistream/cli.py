@@ -390,6 +390,14 @@ def _cmd_teacher_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_balance(args: argparse.Namespace) -> int:
+    from sentistream.training.decision import BalanceFloors, balance_checkpoint
+
+    floors = BalanceFloors(margin=args.margin)
+    balance_checkpoint(args.checkpoint, args.output, floors=floors)
+    return 0
+
+
 def _cmd_eda(args: argparse.Namespace) -> int:
     from sentistream.eda import eda
 
@@ -654,6 +662,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="backbone folder to write")
     p.set_defaults(func=_cmd_teacher_backbone)
 
+    p = sub.add_parser(
+        "balance",
+        help="choose per-class logit offsets on validation so errors are balanced ([train])",
+    )
+    p.add_argument("checkpoint", type=Path, help="training checkpoint folder")
+    p.add_argument("--output", type=Path, required=True, help="balanced checkpoint folder")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.02,
+        help="added to the floors (precision/recall 0.60, neutral recall 0.65) on validation",
+    )
+    p.set_defaults(func=_cmd_balance)
+
     p = sub.add_parser("eda", help="data report with plots: classes, lengths, overlap, words")
     p.add_argument("data", type=Path, help="TweetEval folder or CSV/TSV (seeded 10%% hold-out)")
     p.add_argument("--output", type=Path, required=True, help="report folder (README.md + PNG)")
@@ -706,8 +728,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--student-base",
-        help="with model-folder teachers: backbone whose layers the student starts from "
-        "(default: the teachers' base model)",
+        help="backbone whose layers the student starts from, with fresh heads and its own "
+        "tokenizer (default: the first checkpoint teacher's encoder and heads)",
+    )
+    p.add_argument(
+        "--teacher-weights",
+        type=lambda v: [float(x) for x in v.split(",") if x],
+        help="weight of each teacher in the ensemble mean, e.g. 2,1,1,1 (default: equal)",
+    )
+    p.add_argument(
+        "--teacher-cache",
+        type=Path,
+        help="folder for the teachers' scores, shared by runs and resumable (default: --output)",
+    )
+    p.add_argument(
+        "--exclude",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="sets whose texts never enter the transfer set (e.g. the check sets)",
     )
     p.add_argument("--output", type=Path, required=True, help="student checkpoint folder")
     p.add_argument("--unlabeled", type=Path, nargs="+", help="JSONL/text files of extra tweets")

@@ -435,8 +435,8 @@ def test_distillation_student_learns_from_teacher(
     teacher, _, _ = load_checkpoint(multitask)
     assert len(student.encoder.encoder.layer) == 2 < len(teacher.encoder.encoder.layer)
     assert student.task_names == teacher.task_names
-    # Re-running reuses the cached teacher logits; the task teacher's are cached apart.
-    assert (out / "teacher_logits.npz").exists() and (out / "teacher_irony.npz").exists()
+    # Re-running reuses the cached teacher scores; the task teacher's are cached apart.
+    assert list(out.glob("scores-*.npz")) and (out / "teacher_irony.npz").exists()
     assert meta["distilled_from"] == [str(multitask), f"irony={multitask}"]
 
 
@@ -916,3 +916,153 @@ def _fused_fp32_graph(checkpoint: Path, path: Path) -> None:
     raw = path.with_suffix(".raw.onnx")
     _export_fp32(model, raw, 17)
     _optimize(raw, path, model, gelu_approximation=False)
+
+
+def _permuted_backbone(folder: Path) -> Path:
+    """A tiny backbone whose tokenizer numbers the same words differently (another vocabulary,
+    as MiniLM's is to MPNet's)."""
+    from tokenizers import Tokenizer, models
+
+    from sentistream.testing import tiny_backbone_folder, tiny_tokenizer
+
+    tiny_backbone_folder(folder, layers=2, seed=7)
+    tok = tiny_tokenizer()
+    vocab = tok.get_vocab()
+    specials = sorted((i, t) for t, i in vocab.items() if t.startswith("["))
+    words = sorted((t for t in vocab if not t.startswith("[")), reverse=True)
+    order = [t for _, t in specials] + words
+    permuted = Tokenizer(models.WordPiece({t: i for i, t in enumerate(order)}, unk_token="[UNK]"))
+    permuted.normalizer = tok.normalizer
+    permuted.pre_tokenizer = tok.pre_tokenizer
+    permuted.post_processor = tok.post_processor
+    permuted.decoder = tok.decoder
+    permuted.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def test_cross_tokenizer_student_from_a_weighted_ensemble(
+    multitask: Path, two_tasks: dict[str, Path], tmp_path: Path
+) -> None:
+    from sentistream.training.distill import DistillConfig, distill
+    from sentistream.training.model import load_checkpoint
+
+    base = _permuted_backbone(tmp_path / "other-backbone")
+    unlabeled = tmp_path / "stream.jsonl"
+    rng = random.Random(9)
+    texts = [_sent(rng.choice([POS, NEG, NEU]), rng) for _ in range(60)]
+    unlabeled.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    banned = tmp_path / "check.jsonl"
+    banned.write_text(json.dumps({"text": texts[0], "label": "neutral"}) + "\n")
+    cache = tmp_path / "scores"
+
+    def run(out: str, exclude: list[Path]) -> dict[str, object]:
+        folder = distill(
+            DistillConfig(
+                teachers=[multitask, multitask],
+                teacher_weights=[2.0, 1.0],
+                teacher_cache=cache,
+                student_base=str(base),
+                output=tmp_path / out,
+                unlabeled=[unlabeled],
+                exclude=exclude,
+                layers=[0, 1],
+                epochs=6,
+                batch_size=16,
+                lr=3e-3,
+                eval_every=20,
+                threads=1,
+                bf16=False,
+            )
+        )
+        meta: dict[str, object] = json.loads((folder / "checkpoint.json").read_text())
+        return meta
+
+    meta = run("student", [banned])
+    assert meta["val_metrics"]["sentiment"]["official_score"] >= 0.7  # type: ignore[index]
+    assert meta["base_model"] == str(base)
+    assert meta["teacher_val_metrics"]["sentiment"]["official_score"] >= 0.7  # type: ignore[index]
+    # the student reads with its own backbone's tokenizer, not the teacher's
+    student_tok = json.loads((tmp_path / "student" / "tokenizer.json").read_text())
+    teacher_tok = json.loads((multitask / "tokenizer.json").read_text())
+    assert student_tok["model"]["vocab"] != teacher_tok["model"]["vocab"]
+    student, _, _ = load_checkpoint(tmp_path / "student")
+    assert len(student.encoder.encoder.layer) == 2
+    # one scoring per distinct text list, shared by the runs through the cache folder
+    assert len(list(cache.glob("scores-*.npz"))) == 2  # transfer set + validation texts
+    unbanned = run("student-2", [])
+    transfer = meta["transfer_set"]
+    assert unbanned["transfer_set"]["unlabeled_texts"] == transfer["unlabeled_texts"] + 1  # type: ignore[index]
+
+
+def test_teacher_scoring_resumes_from_saved_chunks(
+    multitask: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sentistream.training.finetune as finetune_module
+    from sentistream.training.transfer import score_checkpoint
+
+    rng = random.Random(2)
+    texts = [_sent(rng.choice([POS, NEG, NEU]), rng) for _ in range(70)]
+    full = score_checkpoint(multitask, texts, tmp_path / "a", chunk=1000)
+    chunked = score_checkpoint(multitask, texts, tmp_path / "b", chunk=20)
+    for x, y in zip(full, chunked, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    # an interrupted scoring: two chunks of four saved, no final file
+    [final] = (tmp_path / "b").glob("scores-*.npz")
+    parts = final.with_name(final.name.replace(".npz", ".parts"))
+    parts.mkdir()
+    for n in (0, 1):
+        with np.load(final) as z:
+            sliced = {f"logits_{i}": z[f"logits_{i}"][n * 20 : (n + 1) * 20] for i in range(2)}
+        np.savez(parts / f"chunk-{n:05d}.npz", tasks=np.asarray(2), **sliced)
+    final.unlink()
+    calls: list[int] = []
+    original = finetune_module.predict_logits
+
+    def counting(model: object, ids: list[list[int]], *args: object, **kwargs: object) -> object:
+        calls.append(len(ids))
+        return original(model, ids, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finetune_module, "predict_logits", counting)
+    resumed = score_checkpoint(multitask, texts, tmp_path / "b", chunk=20)
+    assert calls == [20, 10]  # only the two missing chunks were scored
+    for x, y in zip(full, resumed, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    assert not parts.exists()
+
+
+def test_decision_bias_balances_a_model_that_leans_negative() -> None:
+    from sentistream.training.decision import fit_decision_bias
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=900)
+    logits = rng.normal(scale=1.0, size=(900, 3))
+    logits[np.arange(900), y] += 2.0
+    logits[:, 0] += 1.6  # the lean: many neutral and positive texts come out negative
+    names = ["negative", "neutral", "positive"]
+    before = logits.argmax(1)
+    neutral = y == 1
+    assert (before[neutral] == 1).mean() < 0.65  # neutral recall is poor before
+    bias, report = fit_decision_bias(logits, y, names)
+    assert bias[0] == 0.0 and bias[1] > 0  # neutral lifted relative to negative
+    assert report["floors_met"]
+    after = (logits + np.asarray(bias)).argmax(1)
+    assert (after[neutral] == 1).mean() >= 0.67
+    assert report["after"]["per_class"]["negative"]["precision"] >= 0.62
+    assert report["after"]["macro_recall"] > report["before"]["macro_recall"]
+
+
+def test_balance_checkpoint_moves_the_head_bias(multitask: Path, tmp_path: Path) -> None:
+    from sentistream.training.decision import balance_checkpoint
+    from sentistream.training.model import load_checkpoint
+
+    out = balance_checkpoint(multitask, tmp_path / "balanced")
+    before, _, _ = load_checkpoint(multitask)
+    after, _, meta = load_checkpoint(out)
+    report = meta["decision_bias"]["sentiment"]
+    offsets = torch.tensor(list(report["offsets"].values()))
+    delta = after.heads["sentiment"].bias - before.heads["sentiment"].bias
+    torch.testing.assert_close(delta, offsets, rtol=0, atol=1e-6)
+    torch.testing.assert_close(after.heads["irony"].bias, before.heads["irony"].bias)
+    assert meta["balanced_from"] == str(multitask) and after.task_names == before.task_names
+    with pytest.raises(ValueError, match="already carries a decision bias"):
+        balance_checkpoint(out, tmp_path / "twice")

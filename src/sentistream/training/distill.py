@@ -1,21 +1,25 @@
 """Knowledge distillation: a smaller student learns the teacher's soft labels on every task.
 
-Teacher: one fine-tuned (multi-task) checkpoint, or several averaged as an ensemble (their
-probabilities are averaged); ``task_teachers`` add a model for one task only (a training
-checkpoint or a served model folder, e.g. a single-task specialist) to that task's average.
-The teachers may instead be served model folders (``model.onnx`` + ``manifest.json``, e.g. a
-shipped model): they are scored with ONNX Runtime and, having no torch weights to copy, the
-student starts from ``student_base`` (default: the teacher's base model) with fresh heads.
-Transfer set: every task's labelled training texts plus unlabeled
-tweets (validation texts excluded). The teacher scores every text for every task once (cached in
-``<output>/teacher_logits.npz``); the student - the teacher's encoder with a subset of its
-layers, e.g. 3 of 6, initialised from those layers, plus the teacher's heads - then minimises
+Teacher: one fine-tuned (multi-task) checkpoint, or several as an ensemble (the weighted mean of
+their probabilities, ``teacher_weights``); ``task_teachers`` add a model for one task only (a
+training checkpoint or a served model folder, e.g. a single-task specialist) to that task's
+average. Each checkpoint teacher reads the texts with its own tokenizer (an MPNet teacher can
+teach a MiniLM student); its scores are cached under ``teacher_cache`` in resumable chunks and
+shared by runs (:mod:`sentistream.training.transfer`). The teachers may instead be served model
+folders (``model.onnx`` + ``manifest.json``, e.g. a shipped model), scored with ONNX Runtime.
+
+The student is a subset of the layers of either the first checkpoint teacher's encoder (with its
+heads), or of ``student_base`` with fresh heads (always so for model-folder teachers). Transfer
+set: every task's labelled training texts, as the teacher's run split them, plus unlabeled
+tweets; validation texts and the ``exclude`` sets (the check sets) never enter it. The student
+minimises
 
     (1 - hard_weight) * T^2 * KL(teacher_T || student_T)  +  hard_weight * CE(gold)
 
 where ``_T`` is a softmax at temperature ``T`` and the gold term covers only texts that carry
-a label for that task (masked like multi-task fine-tuning). Validation, best-checkpoint
-selection and the checkpoint format are those of ``sentistream train``.
+a label for that task (masked like multi-task fine-tuning). Validation (the teacher run's
+validation splits), best-checkpoint selection and the checkpoint format are those of
+``sentistream train``.
 """
 
 from __future__ import annotations
@@ -34,28 +38,33 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from sentistream.training.backbone import load_backbone
+from sentistream.training.backbone import backbone_info, load_backbone
 from sentistream.training.data import fingerprint
 from sentistream.training.finetune import (
-    IGNORE,
     TaskData,
     bucketed_batches,
     collate,
+    encode_texts,
     evaluate_tasks,
     masked_multitask_loss,
     pick_device,
-    predict_logits,
     resolve_bf16,
     warmup_linear_decay,
 )
 from sentistream.training.model import MultiTaskModel, load_checkpoint, save_checkpoint
 from sentistream.training.teachers import (
     is_model_folder,
-    model_folder_logits,
     parse_teacher_specs,
     teacher_probabilities,
 )
-from sentistream.training.unlabeled import load_unlabeled, validation_texts
+from sentistream.training.transfer import (
+    build_transfer_set,
+    ensemble_logits,
+    join_ensemble,
+    model_folder_ensemble,
+    score_checkpoint,
+    softmax,
+)
 
 __all__ = [
     "DistillConfig",
@@ -76,8 +85,21 @@ class DistillConfig(BaseModel):
     )
     student_base: str | None = Field(
         None,
-        description="with model-folder teachers: the backbone the student's layers come from "
-        "(default: the teachers' base model)",
+        description="the backbone the student's layers come from, with fresh heads (default: "
+        "the first checkpoint teacher's own encoder and heads; for model-folder teachers their "
+        "base model); the student reads texts with this backbone's tokenizer",
+    )
+    teacher_weights: list[float] | None = Field(
+        None, description="weight of each teacher in the ensemble mean (default: equal)"
+    )
+    teacher_cache: Path | None = Field(
+        None,
+        description="folder for the checkpoint teachers' scores, shared by runs and resumable "
+        "(default: <output>)",
+    )
+    exclude: list[Path] = Field(
+        default_factory=list,
+        description="sets whose texts never enter the transfer set (e.g. the check sets)",
     )
     task_teachers: list[str] = Field(
         default_factory=list,
@@ -173,20 +195,6 @@ def distillation_loss(
     return (1 - hard_weight) * soft + hard_weight * hard
 
 
-def _teacher_logits(
-    teachers: list[MultiTaskModel], ids: list[list[int]], device: torch.device, bf16: bool
-) -> list[np.ndarray[Any, Any]]:
-    """Ensemble logits: log of the mean of the teachers' probabilities."""
-    per_teacher = [
-        predict_logits(t.to(device), ids, device, batch_size=256, bf16=bf16) for t in teachers
-    ]
-    out = []
-    for k in range(len(per_teacher[0])):
-        probs = np.mean([_softmax(p[k]) for p in per_teacher], axis=0)
-        out.append(np.log(np.clip(probs, 1e-9, 1.0)).astype(np.float32))
-    return out
-
-
 def manifest_meta(folder: Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Checkpoint-style metadata (lengths, cleaning, task data, seed, backbone) and the task
     labels of a model folder, from its manifest."""
@@ -225,44 +233,69 @@ def manifest_meta(folder: Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
     return meta, {t: list(manifest.tasks[t].labels) for t in order}
 
 
-def _model_folder_ensemble(
-    folders: list[Path], tasks: dict[str, list[str]], texts: list[str]
-) -> list[np.ndarray[Any, Any]]:
-    """Ensemble logits (log mean probability) of model-folder teachers, every task, one ONNX
-    pass per teacher over the (cleaned) texts."""
-    sums: list[np.ndarray[Any, Any]] = []
-    for folder in folders:
-        probs = [_softmax(o) for o in model_folder_logits(folder, tasks, texts)]
-        sums = probs if not sums else [a + b for a, b in zip(sums, probs, strict=True)]
-    return [np.log(np.clip(p / len(folders), 1e-9, 1.0)).astype(np.float32) for p in sums]
-
-
-def join_ensemble(
-    logits: np.ndarray[Any, Any], n_models: int, probs: np.ndarray[Any, Any]
-) -> np.ndarray[Any, Any]:
-    """Log of the mean probability once one more model (``probs``) joins an ensemble of
-    ``n_models`` whose mean probability is ``softmax(logits)``."""
-    mixed = (_softmax(logits) * n_models + probs) / (n_models + 1)
-    out: np.ndarray[Any, Any] = np.log(np.clip(mixed, 1e-9, 1.0)).astype(np.float32)
-    return out
-
-
 def _window(losses: list[float]) -> int:
     """Steps averaged for the start/end loss figures: 100, or a fifth of a short run."""
     return max(1, min(100, len(losses) // 5))
 
 
-def _softmax(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+def _checkpoint_meta(folder: Path) -> dict[str, Any]:
+    path = folder / "checkpoint.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher {folder} is not a training checkpoint or model folder")
+    meta: dict[str, Any] = json.loads(path.read_text())
+    order = meta.get("task_order") or list(meta["tasks"])
+    meta["tasks"] = {name: meta["tasks"][name] for name in order}
+    return meta
+
+
+def _val_tasks(
+    names: list[str],
+    task_labels: dict[str, list[str]],
+    val: dict[str, tuple[list[str], list[int], dict[str, tuple[int, int]]]],
+    tokenizer: Any,
+    max_length: int,
+    truncation: str,
+    task_paths: dict[str, Path],
+) -> list[TaskData]:
+    from sentistream.training.finetune import encode_texts
+
+    out = []
+    for name in names:
+        texts, ys, ranges = val[name]
+        ids = encode_texts(tokenizer, texts, max_length, truncation)
+        out.append(TaskData(name, task_labels[name], [], [], ids, ys, task_paths[name], ranges))
+    return out
+
+
+def _teacher_figures(
+    tasks: list[TaskData], logits: list[np.ndarray[Any, Any]]
+) -> dict[str, dict[str, Any]]:
+    from sentistream.metrics import classification_report
+
+    return {
+        t.name: classification_report(t.val_y, logits[k].argmax(-1).tolist(), t.labels, t.name)
+        for k, t in enumerate(tasks)
+    }
+
+
+def _model_folder_scores(
+    config: DistillConfig, names: list[str], task_labels: dict[str, list[str]], texts: list[str]
+) -> list[np.ndarray[Any, Any]]:
+    """The model-folder ensemble's logits, cached in ``<output>/teacher_logits.npz``."""
+    cache = config.output / "teacher_logits.npz"
+    key = {"teachers": [str(p) for p in config.teachers], "n": len(texts)}
+    if cache.exists() and json.loads(str(np.load(cache)["key"])) == key:
+        with np.load(cache) as z:
+            return [z[f"logits_{n}"] for n in names]
+    logits = model_folder_ensemble(config.teachers, task_labels, texts)
+    config.output.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {"key": np.asarray(json.dumps(key))}
+    arrays.update({f"logits_{n}": v for n, v in zip(names, logits, strict=True)})
+    np.savez(cache, **arrays)
+    return logits
 
 
 def distill(config: DistillConfig) -> Path:
-    from sentistream.text import clean_or_empty
-    from sentistream.training.data import load_train_val
-    from sentistream.training.finetune import encode_texts
-
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -273,7 +306,11 @@ def distill(config: DistillConfig) -> Path:
     onnx_teachers = [is_model_folder(p) for p in config.teachers]
     if any(onnx_teachers) and not all(onnx_teachers):
         raise ValueError("teachers: give training checkpoints or model folders, not a mix")
-    teachers: list[MultiTaskModel] = []
+    if config.teacher_weights is not None and len(config.teacher_weights) != len(config.teachers):
+        raise ValueError(
+            f"{len(config.teacher_weights)} teacher weights for {len(config.teachers)} teachers"
+        )
+    first_teacher: MultiTaskModel | None = None
     if all(onnx_teachers):
         if not config.layers:
             raise ValueError(
@@ -285,15 +322,26 @@ def distill(config: DistillConfig) -> Path:
         base_encoder, tokenizer, source = load_backbone(base)
         meta = {**meta, "base_model": base, "base_model_source": source}
     else:
-        loaded = [load_checkpoint(path) for path in config.teachers]
-        teachers = [m for m, _, _ in loaded]
-        _, tokenizer, meta = loaded[0]
-        task_labels = teachers[0].tasks
-        for m in teachers[1:]:
-            if m.tasks != task_labels:
-                raise ValueError("ensemble teachers must have the same tasks and labels")
-        base_encoder = teachers[0].encoder
-        del loaded
+        metas = [_checkpoint_meta(p) for p in config.teachers]
+        meta = metas[0]
+        task_labels = meta["tasks"]
+        for folder, other in zip(config.teachers[1:], metas[1:], strict=True):
+            if other["tasks"] != task_labels:
+                raise ValueError(
+                    f"ensemble teacher {folder} has tasks {other['tasks']}, "
+                    f"the first has {task_labels}"
+                )
+        if config.student_base:
+            base_encoder, tokenizer, source = load_backbone(config.student_base)
+            meta = {
+                **meta,
+                "base_model": config.student_base,
+                "base_model_source": source,
+                "backbone": backbone_info(base_encoder),
+            }
+        else:
+            first_teacher, tokenizer, _ = load_checkpoint(config.teachers[0])
+            base_encoder = first_teacher.encoder
     max_length, max_chars = int(meta["max_length"]), int(meta.get("max_chars", 1000))
     truncation = str(meta.get("truncation", "head"))
     tokenizer.no_padding()
@@ -303,69 +351,53 @@ def distill(config: DistillConfig) -> Path:
     names = list(task_labels)
     t0 = time.perf_counter()
 
-    # Transfer set: labelled train texts of every task, then unlabeled tweets.
-    texts: list[str] = []
-    labels: list[list[int]] = []
-    index: dict[str, int] = {}
-    tasks: list[TaskData] = []
-    rng = random.Random(config.seed)
-    for k, name in enumerate(names):
-        train, val = load_train_val(
-            task_paths[name], seed=int(meta.get("training_config", {}).get("seed", 42))
-        )
-        keep = list(range(len(train.texts)))
-        if config.max_train_examples and len(keep) > config.max_train_examples:
-            keep = sorted(rng.sample(keep, config.max_train_examples))
-        for i in keep:
-            text = clean_or_empty(train.texts[i], max_chars)
-            row = index.get(text)
-            if row is None:
-                row = index[text] = len(texts)
-                texts.append(text)
-                labels.append([IGNORE] * len(names))
-            labels[row][k] = train.labels[i]
-        val_ids = encode_texts(
-            tokenizer, [clean_or_empty(t, max_chars) for t in val.texts], max_length, truncation
-        )
-        tasks.append(
-            TaskData(name, task_labels[name], [], [], val_ids, val.labels, task_paths[name])
-        )
-    n_labelled = len(texts)
-    exclude = validation_texts(task_paths.values(), max_chars) | set(index)
-    extra = (
-        load_unlabeled(
-            config.unlabeled,
-            exclude=exclude,
-            max_chars=max_chars,
-            limit=config.max_unlabeled,
-            seed=config.seed,
-        )
-        if config.unlabeled
-        else []
+    transfer = build_transfer_set(
+        task_paths,
+        task_labels,
+        meta.get("training_config") or {},
+        unlabeled=config.unlabeled,
+        max_unlabeled=config.max_unlabeled,
+        exclude=config.exclude,
+        max_chars=max_chars,
+        seed=config.seed,
+        max_train_examples=config.max_train_examples,
     )
-    texts.extend(extra)
-    labels.extend([[IGNORE] * len(names)] * len(extra))
+    texts, labels, n_labelled = transfer.texts, transfer.labels, transfer.n_labelled
+    tasks = _val_tasks(
+        names, task_labels, transfer.val, tokenizer, max_length, truncation, task_paths
+    )
     ids = encode_texts(tokenizer, texts, max_length, truncation)
-    print(f"transfer set: {n_labelled} labelled + {len(extra)} unlabeled texts", flush=True)
+    extra_count = len(texts) - n_labelled
+    print(
+        f"transfer set: {n_labelled} labelled + {extra_count} unlabeled texts "
+        f"({transfer.n_excluded} held-out or excluded texts kept out)",
+        flush=True,
+    )
 
-    cache = config.output / "teacher_logits.npz"
-    key = {"teachers": [str(p) for p in config.teachers], "n": len(texts)}
-    if cache.exists() and json.loads(str(np.load(cache)["key"])) == key:
-        with np.load(cache) as z:
-            t_logits = [z[f"logits_{n}"] for n in names]
-        print("teacher logits: cached", flush=True)
+    cache_dir = config.teacher_cache or config.output
+    teacher_reports: dict[str, Any] = {}
+    ts = time.perf_counter()
+    if all(onnx_teachers):
+        t_logits = _model_folder_scores(config, names, task_labels, texts)
+        if len(config.teachers) == 1:  # the model folder's own int8 figures
+            teacher_reports = {t: r["int8"] for t, r in meta["validation"].items() if "int8" in r}
     else:
-        ts = time.perf_counter()
-        t_logits = (
-            _teacher_logits(teachers, ids, device, bool(config.bf16))
-            if teachers
-            else _model_folder_ensemble(config.teachers, task_labels, texts)
+        val_texts = [t for name in names for t in transfer.val[name][0]]
+        per_teacher, per_teacher_val = [], []
+        for folder in config.teachers:
+            per_teacher.append(
+                score_checkpoint(folder, texts, cache_dir, device=device, bf16=bool(config.bf16))
+            )
+            per_teacher_val.append(
+                score_checkpoint(folder, val_texts, cache_dir, device=device, bf16=False)
+            )
+        t_logits = ensemble_logits(per_teacher, config.teacher_weights)
+        joined = ensemble_logits(per_teacher_val, config.teacher_weights)
+        offsets = np.cumsum([0] + [len(transfer.val[n][0]) for n in names])
+        teacher_reports = _teacher_figures(
+            tasks, [joined[k][offsets[k] : offsets[k + 1]] for k in range(len(names))]
         )
-        config.output.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, Any] = {"key": np.asarray(json.dumps(key))}
-        arrays.update({f"logits_{n}": v for n, v in zip(names, t_logits, strict=True)})
-        np.savez(cache, **arrays)
-        print(f"teacher logits for {len(ids)} texts in {time.perf_counter() - ts:.0f}s", flush=True)
+    print(f"teacher logits for {len(texts)} texts in {time.perf_counter() - ts:.0f}s", flush=True)
     task_teachers = parse_teacher_specs(config.task_teachers)
     for task, folder in task_teachers.items():
         if task not in names:
@@ -374,19 +406,22 @@ def distill(config: DistillConfig) -> Path:
         probs = teacher_probabilities(
             folder, task, task_labels[task], texts, max_length, config.output
         )
-        t_logits[k] = join_ensemble(t_logits[k], len(teachers), probs)
+        t_logits[k] = join_ensemble(t_logits[k], len(config.teachers), probs)
         print(f"task teacher {folder} joins the {task} ensemble", flush=True)
-    teacher_reports: dict[str, Any] = {}
-    if len(teachers) == 1:
-        teacher_reports = evaluate_tasks(teachers[0], tasks, device, bf16=False)
-    elif len(config.teachers) == 1 and not teachers:  # the model folder's own int8 figures
-        teacher_reports = {t: r["int8"] for t, r in meta["validation"].items() if "int8" in r}
+    if teacher_reports:
+        print(
+            "teacher val "
+            + " ".join(f"{k}={r['official_score']:.4f}" for k, r in teacher_reports.items()),
+            flush=True,
+        )
 
     layer_search: dict[str, float] = {}
     layers = config.layers
     if not layers:
+        if first_teacher is None:
+            raise ValueError("--layers auto searches the teacher's own layers: no --student-base")
         ts = time.perf_counter()
-        layers, layer_search = pick_layers(teachers[0], tasks, config.student_layers, device)
+        layers, layer_search = pick_layers(first_teacher, tasks, config.student_layers, device)
         print(
             f"layer search ({len(layer_search)} subsets, {time.perf_counter() - ts:.0f}s): "
             f"keeping {layers}; "
@@ -398,14 +433,14 @@ def distill(config: DistillConfig) -> Path:
         task_labels,
         dropout=float(meta.get("dropout", 0.1)),
     )
-    if teachers:  # the teacher's heads; model-folder teachers: fresh heads on the base layers
-        student.heads.load_state_dict(teachers[0].heads.state_dict())
+    if first_teacher is not None:  # the teacher's heads; otherwise fresh heads
+        student.heads.load_state_dict(first_teacher.heads.state_dict())
     student.to(device)
-    del teachers, base_encoder
+    del first_teacher, base_encoder
 
     y = torch.tensor(labels, dtype=torch.long)
     soft = [
-        torch.from_numpy(_softmax(lg / config.temperature).astype(np.float32)) for lg in t_logits
+        torch.from_numpy(softmax(lg / config.temperature).astype(np.float32)) for lg in t_logits
     ]
     steps_per_epoch = math.ceil(len(ids) / config.batch_size)
     total_steps = max(1, int(steps_per_epoch * config.epochs))
@@ -498,7 +533,9 @@ def distill(config: DistillConfig) -> Path:
         "backbone": {**meta.get("backbone", {}), "num_hidden_layers": len(layers)},
         "transfer_set": {
             "labelled_texts": n_labelled,
-            "unlabeled_texts": len(extra),
+            "unlabeled_texts": extra_count,
+            "held_out_or_excluded": transfer.n_excluded,
+            "excluded_sets": {str(p): fingerprint(p) for p in config.exclude},
             "unlabeled_sources": {str(p): fingerprint(p) for p in config.unlabeled},
         },
         "training_config": json.loads(config.model_dump_json()),
