@@ -12,6 +12,7 @@ unique per post (kept from the input, or derived from the input position when ab
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,10 +20,27 @@ from typing import Any
 from sentistream.errors import InvalidInputError
 from sentistream.runtime.base import Prediction
 
-__all__ = ["SCHEMA_VERSION", "Post", "parse_post", "result_record", "utc_now"]
+__all__ = [
+    "MAX_FIELD_CHARS",
+    "MAX_RECORD_BYTES",
+    "SCHEMA_VERSION",
+    "Post",
+    "dumps_record",
+    "parse_post",
+    "result_record",
+    "utc_now",
+    "validate_post",
+]
 
 SCHEMA_VERSION = 1
 MAX_ID_CHARS = 256
+#: Caps of the side fields copied into every result, pub/sub message and dashboard history:
+#: a post whose field is longer is refused (dead-lettered), never truncated or copied.
+MAX_FIELD_CHARS = {"source": 64, "lang": 64, "created_at": 64}
+#: Cap of one input record (its JSON bytes): the text limit (20,000 characters, up to 12 bytes
+#: each when JSON-escaped as surrogate pairs) fits, a record padded with megabytes does not.
+MAX_RECORD_BYTES = 256 * 1024
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -47,12 +65,69 @@ def _optional_str(obj: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def parse_post(raw: bytes | str, *, default_id: str, source: str = "file") -> Post:
+def _check_unicode(value: str, key: str) -> None:
+    """A JSON ``\\ud800`` escape decodes to a lone surrogate: not a character, and not
+    encodable as UTF-8 (it would fail every sink that writes the record)."""
+    bad = _LONE_SURROGATE.search(value)
+    if bad is not None:
+        raise InvalidInputError(
+            f"field {key!r} holds a lone surrogate U+{ord(bad.group()):04X} at character "
+            f"{bad.start()}: not valid Unicode"
+        )
+
+
+def validate_post(post: Post) -> Post:
+    """Refuse a post no sink could write faithfully: lone surrogates in any field, an id or a
+    side field over its cap (:data:`MAX_ID_CHARS`, :data:`MAX_FIELD_CHARS`). Every source's
+    posts pass here (``parse_post`` and the worker)."""
+    if not post.id or len(post.id) > MAX_ID_CHARS:
+        raise InvalidInputError(f"field 'id' must have 1 to {MAX_ID_CHARS} characters")
+    _check_unicode(post.id, "id")
+    _check_unicode(post.text, "text")
+    for key, cap in MAX_FIELD_CHARS.items():
+        value = getattr(post, key)
+        if value is None:
+            continue
+        if len(value) > cap:
+            raise InvalidInputError(f"field {key!r} has {len(value)} characters (at most {cap})")
+        _check_unicode(value, key)
+    return post
+
+
+def dumps_record(record: dict[str, Any]) -> str:
+    """The record as compact JSON with its text as UTF-8 characters; a string that still holds a
+    lone surrogate (a record built without :func:`validate_post`) is written as a JSON escape
+    instead of failing the whole batch's encoding."""
+    data = json.dumps(record, ensure_ascii=False)
+    if _LONE_SURROGATE.search(data) is not None:
+        return json.dumps(record)
+    return data
+
+
+def _record_bytes(raw: bytes | str) -> int:
+    if isinstance(raw, bytes):
+        return len(raw)
+    if len(raw) * 4 <= MAX_RECORD_BYTES:  # even 4 bytes per character fits
+        return len(raw)
+    return len(raw.encode("utf-8", "surrogatepass"))
+
+
+def parse_post(
+    raw: bytes | str,
+    *,
+    default_id: str,
+    source: str = "file",
+    max_record_bytes: int = MAX_RECORD_BYTES,
+) -> Post:
     """Parse one JSON line into a :class:`Post`; raises InvalidInputError with the reason.
 
     Accepts ``{"id", "text", "created_at", "lang", "source"}`` objects and the X API v2 shape
-    ``{"data": {"id", "text", ...}}``. A missing id becomes ``default_id``.
+    ``{"data": {"id", "text", ...}}``. A missing id becomes ``default_id``. A record over
+    ``max_record_bytes`` is refused before it is parsed.
     """
+    size = _record_bytes(raw)
+    if size > max_record_bytes:
+        raise InvalidInputError(f"record has {size} bytes (at most {max_record_bytes})")
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -78,15 +153,14 @@ def parse_post(raw: bytes | str, *, default_id: str, source: str = "file") -> Po
         raise InvalidInputError(
             f"field 'id' must be a string or integer, got {type(post_id).__name__}"
         )
-    post_id = str(post_id)
-    if not post_id or len(post_id) > MAX_ID_CHARS:
-        raise InvalidInputError(f"field 'id' must have 1 to {MAX_ID_CHARS} characters")
-    return Post(
-        id=post_id,
-        text=text,
-        source=_optional_str(obj, "source") or source,
-        created_at=_optional_str(obj, "created_at"),
-        lang=_optional_str(obj, "lang"),
+    return validate_post(
+        Post(
+            id=str(post_id),
+            text=text,
+            source=_optional_str(obj, "source") or source,
+            created_at=_optional_str(obj, "created_at"),
+            lang=_optional_str(obj, "lang"),
+        )
     )
 
 

@@ -524,7 +524,7 @@ def test_live_consumer_keeps_a_slow_batch_and_a_dead_ones_entries_are_claimed(
     sync = redis.Redis.from_url(server.url)
     sync.xgroup_create("sentistream:posts", "sentistream", id="0")
     # "slow" has read the five entries and is still classifying them.
-    sync.xreadgroup("sentistream", "slow", {"sentistream:posts": ">"}, count=5)
+    taken = sync.xreadgroup("sentistream", "slow", {"sentistream:posts": ">"}, count=5)
 
     async def scenario() -> tuple[list[int], list[int], int]:
         client = connect(server.url)
@@ -536,6 +536,8 @@ def test_live_consumer_keeps_a_slow_batch_and_a_dead_ones_entries_are_claimed(
             dead_letter_stream="sentistream:dead",
             claim_idle_ms=300,
         )
+        for entry_id, fields in taken[0][1]:  # handed to the worker: in flight
+            source._hand_out(source._envelope(entry_id, fields))
         beat = asyncio.create_task(source._heartbeat())
         stolen_while_alive = []
         for _ in range(12):  # 1.2 s: four times claim_idle_ms

@@ -35,7 +35,7 @@ WORKFLOWS = REPO / ".github" / "workflows"
 
 # Kubernetes versions whose schemas the manifests must satisfy (oldest supported, current).
 KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 CLUSTER_SCOPED = {"Namespace"}
 APP_UID = 10001
 PLACEHOLDERS = {"REPLACE_ME", "change-me", ""}
@@ -300,6 +300,7 @@ def helm_template(overrides: Obj | None = None, release: str = "sentistream") ->
 HELM_FULL = {
     "image": {"digest": "sha256:" + "ab" * 32},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "server": {"modelRepositoryClaim": "sentistream-models"},
     "redis": {"storageClassName": "fast-ssd"},
 }
@@ -1078,3 +1079,21 @@ def test_deploy_docs() -> None:
         r"PodDisruptionBudget",
     ):
         assert re.search(pattern, text), pattern
+
+
+def test_alert_rules_file_and_chart_agree_and_name_real_metrics() -> None:
+    from sentistream.stream.monitor import WorkerMetrics
+
+    plain = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())
+    [rule] = [o for o in rendered("helm-full") if o["kind"] == "PrometheusRule"]
+    assert rule["spec"]["groups"] == plain["groups"]
+    [k8s] = by_kind(overlay("production"), "PrometheusRule").values()
+    assert k8s["spec"]["groups"] == plain["groups"]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert not [o for o in rendered("helm-default") if o["kind"] == "PrometheusRule"]
+    exported = {m.name for m in WorkerMetrics().registry.collect()}
+    rules = [r for g in plain["groups"] for r in g["rules"]]
+    assert any("oldest_pending_seconds" in r["expr"] for r in rules)
+    for r in rules:
+        names = set(re.findall(r"sentistream_[a-z_]+", r["expr"]))
+        assert names and names <= exported, (r["alert"], names - exported)

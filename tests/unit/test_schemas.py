@@ -78,3 +78,26 @@ def test_result_record_matches_the_wire_contract() -> None:
     assert rec["schema_version"] == SCHEMA_VERSION
     assert rec["processed_at"].endswith("Z")
     json.dumps(rec)
+
+
+def test_lone_surrogates_and_oversized_fields_are_refused() -> None:
+    import pytest
+
+    from sentistream.errors import InvalidInputError
+    from sentistream.schemas import Post, dumps_record, parse_post, validate_post
+
+    with pytest.raises(InvalidInputError, match=r"lone surrogate U\+D800 at character 6"):
+        parse_post('{"id": "h", "text": "hello \\ud800 world"}', default_id="x")
+    # a proper surrogate pair is one character, not an error
+    assert parse_post('{"text": "ok \\ud83d\\ude00"}', default_id="x").text == "ok 😀"
+    with pytest.raises(InvalidInputError, match="field 'id' holds a lone surrogate"):
+        validate_post(Post(id="\udc00", text="fine"))
+    with pytest.raises(InvalidInputError, match="field 'lang' has 65 characters"):
+        parse_post('{"text": "t", "lang": "' + "x" * 65 + '"}', default_id="x")
+    with pytest.raises(InvalidInputError, match="record has 300012 bytes"):
+        parse_post(b'{"text": "' + b"x" * 300_000 + b'"}', default_id="x")
+    # a writer never fails on a record built without validation: the surrogate is escaped
+    line = dumps_record({"id": "a", "text": "bad \udc00 text é"})
+    assert line == '{"id": "a", "text": "bad \\udc00 text \\u00e9"}'
+    line.encode("utf-8")
+    assert dumps_record({"text": "é"}) == '{"text": "é"}'

@@ -27,13 +27,22 @@ class Envelope:
     error: str | None = None
     ack_id: str | None = None
     deliveries: int = 1
+    raw_chars: int | None = None  # the payload's full length when ``raw`` is a cut copy
 
     @classmethod
     def bad(
         cls, raw: str | bytes, error: str, ack_id: str | None = None, deliveries: int = 1
     ) -> Envelope:
+        """A refused record: the reason and at most 10,000 characters of its payload."""
         text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        return cls(post=None, raw=text[:10_000], error=error, ack_id=ack_id, deliveries=deliveries)
+        return cls(
+            post=None,
+            raw=text[:10_000],
+            error=error,
+            ack_id=ack_id,
+            deliveries=deliveries,
+            raw_chars=len(text),
+        )
 
 
 class Source(Protocol):

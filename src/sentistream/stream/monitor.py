@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sentistream.dashboard import RedisFeed
     from sentistream.stream.worker import StreamWorker
 
-__all__ = ["WorkerMetrics", "worker_app"]
+__all__ = ["WorkerMetrics", "oldest_pending_seconds", "worker_app"]
 
 log = logging.getLogger("sentistream.stream")
 
@@ -62,6 +62,23 @@ class WorkerMetrics:
         self.lag = Gauge(
             "sentistream_worker_consumer_lag",
             "Entries of the input stream not yet delivered to the group.",
+            registry=r,
+        )
+        self.pending = Gauge(
+            "sentistream_worker_pending",
+            "Entries delivered to the consumer group and not yet acknowledged.",
+            registry=r,
+        )
+        self.oldest_pending = Gauge(
+            "sentistream_worker_oldest_pending_seconds",
+            "Age (since it entered the input stream) of the oldest entry pending in the "
+            "consumer group; 0 when none is. Lag does not show an entry stuck pending.",
+            registry=r,
+        )
+        self.reconciled = Gauge(
+            "sentistream_worker_reconciled",
+            "Entries this worker read again because they were pending for it with no result "
+            "written (lost with Redis's last writes), since it started.",
             registry=r,
         )
         self.ready = Gauge("sentistream_worker_ready", "1 when the worker is running.", registry=r)
@@ -113,6 +130,15 @@ class WorkerMetrics:
         self.stage_seconds.labels("clean").observe(clean_s)
         self.stage_seconds.labels("inference").observe(infer_s)
         self.stage_seconds.labels("write").observe(write_s)
+
+
+def oldest_pending_seconds(entry_id: Any, now: float | None = None) -> float:
+    """Seconds since the entry ``<ms>-<seq>`` entered its stream (0 for none)."""
+    if not entry_id:
+        return 0.0
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    millis = int(text.split("-", 1)[0])
+    return max(0.0, (now if now is not None else time.time()) - millis / 1000)
 
 
 def worker_app(
@@ -184,8 +210,12 @@ def worker_app(
                     name = name.decode() if isinstance(name, bytes) else name
                     if name == source.group and g.get("lag") is not None:
                         metrics.lag.set(float(g["lag"]))
+                summary: Any = await source.client.xpending(source.key, source.group)
+                metrics.pending.set(float(summary.get("pending") or 0))
+                metrics.oldest_pending.set(oldest_pending_seconds(summary.get("min")))
             except Exception as exc:  # metrics must answer even while Redis is away
                 log.debug("lag not available: %s", type(exc).__name__)
+            metrics.reconciled.set(source.reconciled)
         return Response(generate_latest(metrics.registry), media_type=PROMETHEUS_CONTENT_TYPE)
 
     if settings is None or settings.dashboard:

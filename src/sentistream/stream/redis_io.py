@@ -25,6 +25,8 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -35,12 +37,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from sentistream.errors import InvalidInputError, UnavailableError
-from sentistream.schemas import parse_post
+from sentistream.schemas import dumps_record, parse_post
 from sentistream.stream.base import Envelope
 
-__all__ = ["RedisSink", "RedisStreamSource", "connect", "dead_letter"]
+__all__ = [
+    "DEAD_LETTER_RAW_CHARS",
+    "RedisSink",
+    "RedisStreamSource",
+    "connect",
+    "dead_letter",
+    "dead_letter_fields",
+]
 
 log = logging.getLogger("sentistream.stream")
+#: Characters of a refused record's raw payload kept in its dead letter (the reason and the
+#: full length are kept too): a 1 MB post costs the dead-letter stream 10 kB, not 1 MB.
+DEAD_LETTER_RAW_CHARS = 10_000
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 T = TypeVar("T")
 
@@ -126,6 +138,33 @@ async def dead_letter(
     )
 
 
+def _safe(value: str, limit: int) -> str:
+    """At most ``limit`` characters, encodable as UTF-8 (a lone surrogate becomes its
+    ``\\udXXX`` escape): a dead letter can always be written, whatever it holds."""
+    cut = value[:limit]
+    try:
+        cut.encode("utf-8")
+    except UnicodeEncodeError:
+        cut = cut.encode("utf-8", "backslashreplace").decode("utf-8")
+    return cut
+
+
+def dead_letter_fields(env: Envelope, source: str) -> dict[str, str]:
+    """The dead-letter entry of one refused record: the reason, a bounded copy of the raw
+    payload (:data:`DEAD_LETTER_RAW_CHARS`, with its full length), the source, the deliveries
+    and the post id when it parsed; every field safely encodable."""
+    fields = {
+        "reason": _safe(env.error or "unknown", 1000),
+        "raw": _safe(env.raw, DEAD_LETTER_RAW_CHARS),
+        "raw_chars": str(env.raw_chars if env.raw_chars is not None else len(env.raw)),
+        "source": _safe(source, 64),
+        "deliveries": str(env.deliveries),
+    }
+    if env.post is not None:
+        fields["id"] = _safe(env.post.id, 256)
+    return fields
+
+
 async def _dead_letter_once(
     client: aioredis.Redis,
     stream: str,
@@ -135,19 +174,20 @@ async def _dead_letter_once(
 ) -> None:
     async with client.pipeline(transaction=True) as pipe:
         for env in envelopes:
-            fields = {
-                "reason": env.error or "unknown",
-                "raw": env.raw,
-                "source": source,
-                "deliveries": str(env.deliveries),
-            }
-            if env.post is not None:
-                fields["id"] = env.post.id
+            fields = dead_letter_fields(env, source)
             pipe.xadd(stream, fields, maxlen=1_000_000, approximate=True)  # type: ignore[arg-type]
         ids = [e.ack_id for e in envelopes if e.ack_id]
         if ack is not None and ids:
             pipe.xack(ack[0], ack[1], *ids)
         await pipe.execute()
+
+
+def _ids(ids: list[str]) -> Any:
+    return list(ids)  # redis-py's stub types the id list too narrowly
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisStreamSource:
@@ -179,13 +219,31 @@ class RedisStreamSource:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self._closed = asyncio.Event()
+        # Entries handed to the worker and not yet settled (written + acked, or dead-lettered):
+        # only these are kept fresh by the heartbeat. Any other entry pending for this consumer
+        # is an orphan (its result and XACK were lost, e.g. with Redis's last second) and is
+        # read again.
+        self._in_flight: set[str] = set()
+        self._orphans: list[Envelope] = []
+        self.reconciled = 0  # orphans read again since start (a counter for tests and logs)
 
     async def ensure_group(self) -> None:
-        try:
-            await self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create the consumer group (and the stream) if missing; retried while Redis is away."""
+
+        async def create() -> None:
+            try:
+                await self.client.xgroup_create(self.key, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+        await with_retry(create, "creating the consumer group")
+
+    def settle(self, envelopes: Sequence[Envelope]) -> None:
+        """The worker wrote (or dead-lettered) these entries and their XACK went with it."""
+        for env in envelopes:
+            if env.ack_id:
+                self._in_flight.discard(env.ack_id)
 
     def _envelope(self, entry_id: Any, fields: dict[Any, Any], deliveries: int = 1) -> Envelope:
         ack_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
@@ -230,18 +288,11 @@ class RedisStreamSource:
         poison: list[Envelope] = []
         for env in envelopes:
             n = counts.get(env.ack_id or "", 1)
-            env = Envelope(env.post, env.raw, env.error, env.ack_id, n)
+            env = replace(env, deliveries=n)
             (poison if n > self.max_deliveries else fresh).append(env)
         if poison:
             marked = [
-                Envelope(
-                    e.post,
-                    e.raw,
-                    f"delivered {e.deliveries} times without success",
-                    e.ack_id,
-                    e.deliveries,
-                )
-                for e in poison
+                replace(e, error=f"delivered {e.deliveries} times without success") for e in poison
             ]
             await dead_letter(
                 self.client, self.dead_letter_stream, marked, self.name, (self.key, self.group)
@@ -283,8 +334,10 @@ class RedisStreamSource:
         return await self._split_poison(envelopes) if envelopes else []
 
     async def _refresh_own(self) -> int:
-        """Reset the idle time of this consumer's pending entries idle for a third of
-        ``claim_idle_ms`` or more (XCLAIM JUSTID: no delivery counted); returns how many."""
+        """Reset the idle time of this consumer's in-flight pending entries idle for a third of
+        ``claim_idle_ms`` or more (XCLAIM JUSTID: no delivery counted); returns how many. The
+        other entries pending for this consumer that long are orphans: claimed again with their
+        fields (a delivery counted) and queued to be read again."""
         threshold = max(1, self.claim_idle_ms // 3)
         refreshed = 0
         start = "-"
@@ -300,30 +353,63 @@ class RedisStreamSource:
             )
             if not pending:
                 return refreshed
-            ids = [p["message_id"] for p in pending]
+            ids = [_text(p["message_id"]) for p in pending]
+            live = [i for i in ids if i in self._in_flight]
+            orphans = [i for i in ids if i not in self._in_flight]
             # min_idle_time: an entry another consumer claimed meanwhile (idle reset) is left
             # to it rather than taken back.
-            claimed: Any = await self.client.xclaim(
-                self.key, self.group, self.consumer, threshold, ids, justid=True
-            )
-            refreshed += len(claimed or [])
+            if live:
+                claimed: Any = await self.client.xclaim(
+                    self.key, self.group, self.consumer, threshold, _ids(live), justid=True
+                )
+                refreshed += len(claimed or [])
+            if orphans:
+                await self._reclaim_orphans(orphans, threshold)
             if len(pending) < 1000:
                 return refreshed
-            last = ids[-1].decode() if isinstance(ids[-1], bytes) else str(ids[-1])
-            start = "(" + last
+            start = "(" + ids[-1]
+
+    async def _reclaim_orphans(self, ids: list[str], threshold: int) -> None:
+        entries: Any = await self.client.xclaim(
+            self.key, self.group, self.consumer, threshold, _ids(ids)
+        )
+        found = [self._envelope(i, f) for i, f in entries or [] if f]
+        deleted = [i for i, f in entries or [] if not f]
+        if deleted:  # trimmed away while pending: nothing left to process
+            await self.client.xack(self.key, self.group, *deleted)
+        fresh = await self._split_poison(found) if found else []
+        for env in fresh:
+            if env.ack_id and env.ack_id not in self._in_flight:
+                self._in_flight.add(env.ack_id)
+                self._orphans.append(env)
+        if fresh:
+            self.reconciled += len(fresh)
+            log.warning(
+                "read again %d entries pending for consumer %s with no result written "
+                "(their result and acknowledgement were lost, e.g. by a Redis restart)",
+                len(fresh),
+                self.consumer,
+            )
 
     async def _heartbeat(self) -> None:
+        """Every ``claim_idle_ms / 3``: keep in-flight entries fresh and read orphans again.
+        After Redis was unreachable the next round runs at once (a restarted Redis may have
+        lost results whose entries are pending again)."""
         interval = self.claim_idle_ms / 3000
+        soon = False
         while not self._closed.is_set():
-            try:
-                await asyncio.wait_for(self._closed.wait(), timeout=interval)
-                return
-            except TimeoutError:
-                pass
+            if not soon:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), timeout=interval)
+                if self._closed.is_set():
+                    return
             try:
                 await self._refresh_own()
+                soon = False
             except RETRYABLE as exc:
                 log.warning("redis unavailable for the pending heartbeat: %s", type(exc).__name__)
+                await asyncio.sleep(min(1.0, interval))
+                soon = True
 
     async def stream(self) -> AsyncIterator[Envelope]:
         await self.ensure_group()
@@ -343,29 +429,43 @@ class RedisStreamSource:
         # count a delivery each time until they were dead-lettered.)
         cursor: str | None = "0"
         while cursor is not None and not self._closed.is_set():
-            own, last = await self._read(cursor)
-            for env in await self._split_poison(own) if own else []:
-                yield env
-            cursor = last  # None once a page comes back empty
+            page = await with_retry(
+                partial(self._own_page, cursor), "reading this consumer's pending entries"
+            )
+            for env in page[0]:
+                yield self._hand_out(env)
+            cursor = page[1]  # None once a page comes back empty
         loop = asyncio.get_running_loop()
         next_claim = loop.time()
         while not self._closed.is_set():
             try:
+                while self._orphans:
+                    yield self._orphans.pop(0)  # already in flight (see _reclaim_orphans)
                 if loop.time() >= next_claim:
                     next_claim = loop.time() + self.claim_idle_ms / 2000
                     for env in await self._claim():
-                        yield env
+                        yield self._hand_out(env)
                 new, _ = await self._read(">")
                 for env in new:
-                    yield env
+                    yield self._hand_out(env)
             except RETRYABLE as exc:
                 log.warning("redis unavailable, retrying: %s", type(exc).__name__)
                 await asyncio.sleep(0.5)
+
+    async def _own_page(self, cursor: str) -> tuple[list[Envelope], str | None]:
+        own, last = await self._read(cursor)
+        return (await self._split_poison(own) if own else []), last
+
+    def _hand_out(self, env: Envelope) -> Envelope:
+        if env.ack_id:
+            self._in_flight.add(env.ack_id)
+        return env
 
     async def ack(self, envelopes: Sequence[Envelope]) -> None:
         ids = [e.ack_id for e in envelopes if e.ack_id]
         if ids:
             await with_retry(lambda: self.client.xack(self.key, self.group, *ids), "XACK")
+        self.settle(envelopes)
 
     async def close(self) -> None:
         self._closed.set()
@@ -406,7 +506,7 @@ class RedisSink:
             self.dedup_prefix,
         ]
         for rec in records:
-            args += [rec["id"], json.dumps(rec, ensure_ascii=False)]
+            args += [rec["id"], dumps_record(rec)]
         if ack:
             args += list(ack[2])
         keys = [self.stream, ack[0] if ack and ack[2] else ""]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from sentistream.schemas import dumps_record
 
 __all__ = ["JsonlSink"]
 
@@ -28,7 +29,7 @@ class JsonlSink:
                     f"{rec['id']}: {rec['text'][:80]}\n"
                 )
             else:
-                self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                self._fh.write(dumps_record(rec) + "\n")
         self._fh.flush()
         return len(records)
 

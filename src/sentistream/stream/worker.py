@@ -24,14 +24,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sentistream.drift import DriftMonitor, text_features
 from sentistream.errors import InvalidInputError
 from sentistream.predlog import PredictionLogger
 from sentistream.runtime.base import Classifier, Prediction
-from sentistream.schemas import result_record
+from sentistream.schemas import result_record, validate_post
 from sentistream.stream.base import Envelope, Source
 from sentistream.stream.monitor import WorkerMetrics
 from sentistream.stream.redis_io import RedisSink, RedisStreamSource, dead_letter
@@ -181,9 +181,10 @@ class StreamWorker:
                 bad.append(env)
                 continue
             try:
+                validate_post(env.post)  # whatever built it: no sink may choke on a field
                 good.append((env, self.classifier.prepare(env.post.text)))
             except InvalidInputError as exc:
-                bad.append(Envelope(env.post, env.raw, exc.message, env.ack_id, env.deliveries))
+                bad.append(replace(env, error=exc.message))
         t1 = time.perf_counter()
         cleaned = [c for _, c in good]
         preds, unk_rates, t2 = (
@@ -251,6 +252,8 @@ class StreamWorker:
             await dead_letter(
                 self.redis_sink.client, self.dead_letter_stream, bad, self.source.name, ack
             )
+            if isinstance(self.source, RedisStreamSource):
+                self.source.settle(bad)
         else:
             for env in bad:
                 log.warning("dead letter: %s", env.error, extra={"raw": env.raw[:200]})
@@ -272,5 +275,7 @@ class StreamWorker:
                     [e.ack_id for e in envelopes if e.ack_id],
                 )
             self.stats.written += await self.redis_sink.write(records, ack)
+            if isinstance(self.source, RedisStreamSource):
+                self.source.settle(envelopes)
         if self.redis_sink is None or not isinstance(self.source, RedisStreamSource):
             await self.source.ack(envelopes)
