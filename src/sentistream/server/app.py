@@ -152,8 +152,7 @@ async def serve_async(settings: Settings, registry: ModelRegistry | None = None)
     return code
 
 
-def _worker(settings_json: str) -> None:
-    settings = Settings.model_validate_json(settings_json)
+def _worker(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     raise SystemExit(asyncio.run(serve_async(settings)))
 
@@ -166,11 +165,11 @@ def serve(settings: Settings, registry: ModelRegistry | None = None) -> int:
         return asyncio.run(serve_async(settings, registry))
     startup_gc.release()  # this parent only supervises; each worker is a fresh interpreter
     ctx = multiprocessing.get_context("spawn")
-    data = settings.model_dump_json(exclude={"auth_token"})
-    if settings.auth_token is not None:  # model_dump_json masks secrets: pass it through env
-        os.environ["SENTISTREAM_AUTH_TOKEN"] = settings.auth_token.get_secret_value()
+    # Each worker gets the settings object itself: "spawn" pickles it through a pipe, secrets
+    # (auth_token, redis_url) included, so no secret is on a command line or in the
+    # environment. (JSON would mask every SecretStr as "**********".)
     procs = [
-        ctx.Process(target=_worker, args=(data,), name=f"worker-{i}")
+        ctx.Process(target=_worker, args=(settings,), name=f"worker-{i}")
         for i in range(settings.workers)
     ]
     for p in procs:
