@@ -235,8 +235,9 @@ class Settings(BaseModel):
     )
     auth_token: SecretStr | None = Field(
         None,
-        description="Bearer token required on REST and gRPC when set (health, readiness "
-        "and metrics stay open). Give it through the environment or a secret, never a flag.",
+        description="Bearer token required on REST and gRPC when set: server liveness, "
+        "server readiness and metrics stay open; per-model state (model ready, metadata) and "
+        "inference need it. Give it through the environment or a secret, never a flag.",
     )
     tls_cert_file: Path | None = Field(
         None, description="PEM certificate: serve HTTPS and gRPC over TLS (with tls_key_file)."

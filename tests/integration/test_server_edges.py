@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import pytest
 import redis
@@ -65,3 +67,53 @@ def test_worker_processes_get_the_secrets(repo: Path, tmp_path: Path) -> None:
     assert len(workers) >= 2
     assert not [c for c in command_lines if password.encode() in c or token.encode() in c]
     assert password not in log and token not in log and "**********" not in log
+
+
+def _grpc_call(server: ServerProcess, method: str, request: Any, token: str | None) -> Any:
+    """(response, None) or (None, status code) of one GRPCInferenceService call."""
+    from tritonclient.grpc import service_pb2_grpc
+
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    with grpc.insecure_channel(server.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            return getattr(stub, method)(request, timeout=10, metadata=metadata), None
+        except grpc.RpcError as exc:
+            return None, exc.code()
+
+
+@pytest.mark.parametrize("token", [None, "model-state-token"])
+def test_one_auth_rule_for_rest_and_grpc(repo: Path, token: str | None) -> None:
+    from tritonclient.grpc import service_pb2 as pb
+
+    env = {"SENTISTREAM_AUTH_TOKEN": token} if token else {}
+    with ServerProcess(repo, env=env, args=["--model", "tiny"]) as s:
+        good = {"Authorization": f"Bearer {token}"} if token else {}
+        # Server health: open on both transports, with or without a token.
+        for path in ("/v2/health/live", "/v2/health/ready"):
+            assert httpx.get(f"{s.url}{path}").status_code == 200
+        live, _ = _grpc_call(s, "ServerLive", pb.ServerLiveRequest(), None)
+        ready, _ = _grpc_call(s, "ServerReady", pb.ServerReadyRequest(), None)
+        assert live.live and ready.ready
+        # Per-model state: the token when one is configured, on both transports.
+        for path in (
+            "/v2/models/tiny/ready",
+            "/v2/models/tiny/versions/1/ready",
+            "/v2/models/tiny",
+        ):
+            anonymous = httpx.get(f"{s.url}{path}")
+            assert anonymous.status_code == (401 if token else 200), path
+            assert httpx.get(f"{s.url}{path}", headers=good).status_code == 200
+        for method, request in (
+            ("ModelReady", pb.ModelReadyRequest(name="tiny")),
+            ("ModelReady", pb.ModelReadyRequest(name="tiny", version="1")),
+            ("ModelMetadata", pb.ModelMetadataRequest(name="tiny")),
+        ):
+            answer, code = _grpc_call(s, method, request, None)
+            if token:
+                assert code == grpc.StatusCode.UNAUTHENTICATED, method
+                answer, code = _grpc_call(s, method, request, "wrong")
+                assert code == grpc.StatusCode.UNAUTHENTICATED, method
+            answer, code = _grpc_call(s, method, request, token)
+            assert code is None, (method, code)
+            assert answer.ready if method == "ModelReady" else answer.name == "tiny"

@@ -32,7 +32,9 @@ from sentistream.server.registry import ModelRegistry
 __all__ = ["build_grpc_server"]
 
 log = logging.getLogger("sentistream.server")
-_OPEN_METHODS = {"ServerLive", "ServerReady", "ModelReady"}
+# One rule on both transports: the server's own health (live, ready) is open; anything about a
+# model (ready, metadata, inference) needs the token when one is configured.
+_OPEN_METHODS = {"ServerLive", "ServerReady"}
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: SentistreamError) -> None:
@@ -235,7 +237,7 @@ class _AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         method = details.method.rsplit("/", 1)[-1]
-        if method in _OPEN_METHODS or method == "ServerLive":
+        if method in _OPEN_METHODS:
             return await continuation(details)
         header = dict(details.invocation_metadata or ()).get("authorization", "")
         scheme, _, given = str(header).partition(" ")
