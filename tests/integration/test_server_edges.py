@@ -4,6 +4,7 @@ both transports, and clients that send slowly. Real server processes on free por
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,78 @@ def test_one_auth_rule_for_rest_and_grpc(repo: Path, token: str | None) -> None:
             answer, code = _grpc_call(s, method, request, token)
             assert code is None, (method, code)
             assert answer.ready if method == "ModelReady" else answer.name == "tiny"
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path):  # type: ignore[no-untyped-def]
+    with ServerProcess(repo, args=["--model", "tiny", "--model-poll-seconds", "0"]) as s:
+        yield s
+
+
+def _b64(text: str | bytes) -> dict[str, str]:
+    raw = text.encode() if isinstance(text, str) else text
+    return {"b64": base64.b64encode(raw).decode()}
+
+
+def test_tf_serving_rest_decodes_b64_values(server: ServerProcess) -> None:
+    url = f"{server.url}/v1/models/tiny:predict"
+    texts = ["i love this game", "the worst day ever"]
+    plain = httpx.post(url, json={"instances": texts}).json()["predictions"]
+    for body in (
+        {"instances": [_b64(t) for t in texts]},  # the row is the value (one input)
+        {"instances": [{"text": _b64(t)} for t in texts]},  # the named input's value
+        {"instances": [_b64(texts[0]), texts[1]]},  # mixed
+    ):
+        r = httpx.post(url, json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"] == plain, body
+    for body in (
+        {"inputs": [_b64(t) for t in texts]},
+        {"inputs": {"text": [_b64(t) for t in texts]}},
+    ):
+        r = httpx.post(url, json=body)
+        assert r.status_code == 200, r.text
+        columns = r.json()["outputs"]
+        assert columns["sentiment_label"] == [p["sentiment_label"] for p in plain]
+    one = httpx.post(url, json={"inputs": _b64(texts[0])})
+    assert one.json()["outputs"]["sentiment_label"] == [plain[0]["sentiment_label"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"instances": [{"b64": "not base64!"}]}, "instances[0]: 'b64' is not valid base64"),
+        ({"instances": ["ok", _b64(b"\xff\xfe")]}, "instances[1]: the base64 value is not UTF-8"),
+        ({"instances": [{"b64": 42}]}, "instances[0]: 'b64' must be a base64 string"),
+        ({"inputs": {"text": [_b64(b"\xc3")]}}, "inputs[0]: the base64 value is not UTF-8"),
+    ],
+)
+def test_tf_serving_rest_refuses_bad_b64(server: ServerProcess, body: Any, message: str) -> None:
+    r = httpx.post(f"{server.url}/v1/models/tiny:predict", json=body)
+    assert r.status_code == 400 and r.json()["code"] == "INVALID_ARGUMENT"
+    assert r.json()["error"].startswith(message), r.json()
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        ({"shape": [True], "data": ["hi"]}, "input 'shape' must be a list of integers"),
+        ({"shape": [True, 1], "data": ["hi"]}, "input 'shape' must be a list of integers"),
+        ({"shape": [1, False], "data": ["hi"]}, "input 'shape' must be a list of integers"),
+        (
+            {"shape": [1], "parameters": {"binary_data_size": True}},
+            "binary_data_size must be an integer",
+        ),
+    ],
+)
+def test_kserve_v2_refuses_booleans_as_integers(
+    server: ServerProcess, tensor: dict[str, Any], message: str
+) -> None:
+    body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", **tensor}]}).encode()
+    headers = {"Content-Type": "application/json"}
+    if "parameters" in tensor:  # one BYTES element "h" in the binary tail
+        headers["Inference-Header-Content-Length"] = str(len(body))
+        body += b"\x01\x00\x00\x00h"[:1]
+    r = httpx.post(f"{server.url}/v2/models/tiny/infer", content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
