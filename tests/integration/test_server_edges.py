@@ -5,7 +5,10 @@ both transports, and clients that send slowly. Real server processes on free por
 from __future__ import annotations
 
 import base64
+import concurrent.futures as cf
 import json
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +196,83 @@ def test_kserve_v2_refuses_booleans_as_integers(
     r = httpx.post(f"{server.url}/v2/models/tiny/infer", content=body, headers=headers)
     assert r.status_code == 400, r.text
     assert message in r.json()["error"]
+
+
+def _loaded_gauge(server: ServerProcess) -> set[str]:
+    """Versions ``sentistream_model_loaded`` reports as 1."""
+    text = httpx.get(f"{server.url}/metrics").text
+    found = re.findall(
+        r'^sentistream_model_loaded\{model="(\w+)",version="(\d+)"\} 1\.0$', text, re.M
+    )
+    return {f"{m}:{v}" for m, v in found}
+
+
+def test_loading_a_corrupted_version_is_a_clear_4xx(tmp_path: Path) -> None:
+    live = tmp_path / "repo"
+    tiny_model_folder(live, "tiny", "1", seed=1)
+    with ServerProcess(live, args=["--model-poll-seconds", "0"]) as s:
+        broken = tiny_model_folder(live, "tiny", "2", seed=2)
+        with (broken / "model.onnx").open("ab") as f:
+            f.write(b"tampered")  # the manifest's sha256 no longer matches
+        incomplete = tiny_model_folder(live, "tiny", "3", seed=3)
+        (incomplete / "tokenizer.json").unlink()
+        base = f"{s.url}/v2/repository/models"
+        for url in (f"{base}/tiny/load?version=2", f"{base}/nope/load"):
+            r = httpx.post(url)
+            assert r.status_code in (404, 409), r.text
+            assert str(tmp_path) not in r.text and "Traceback" not in r.text
+        r = httpx.post(f"{base}/tiny/load?version=2")
+        assert r.status_code == 409 and r.json()["code"] == "FAILED_PRECONDITION"
+        assert r.json()["error"] == (
+            "tiny/2/model.onnx does not match its manifest checksum (corrupted or replaced file)"
+        )
+        index = httpx.post(f"{s.url}/v2/repository/index")
+        rows = {row["version"]: row for row in index.json()}
+        assert rows["1"]["state"] == "READY"
+        assert rows["2"]["state"] == "BROKEN" and "checksum" in rows["2"]["reason"]
+        assert rows["3"]["state"] == "BROKEN" and "missing tokenizer.json" in rows["3"]["reason"]
+        assert str(tmp_path) not in index.text
+        served = httpx.post(f"{s.url}/v1/classify", json={"text": "still here"}).json()
+        assert served["model_version"] == "1" and _loaded_gauge(s) == {"tiny:1"}
+
+
+def test_rollback_racing_unload_is_never_a_500(tmp_path: Path) -> None:
+    live = tmp_path / "repo"
+    tiny_model_folder(live, "tiny", "1", seed=1)
+    tiny_model_folder(live, "tiny", "2", seed=2)
+    answers: list[tuple[str, int, str]] = []
+    with ServerProcess(live, args=["--model-poll-seconds", "0"]) as s:
+        base = f"{s.url}/v2/repository/models/tiny"
+        for delay_ms in range(0, 40, 2):  # the unload lands before, inside and after the rollback
+            assert httpx.post(f"{base}/load?version=2", timeout=30).status_code == 200
+            with cf.ThreadPoolExecutor(2) as pool:
+                rollback = pool.submit(httpx.post, f"{base}/rollback", timeout=30)
+                time.sleep(delay_ms / 1000)
+                unload = pool.submit(httpx.post, f"{base}/unload", timeout=30)
+                for name, future in (("rollback", rollback), ("unload", unload)):
+                    r = future.result()
+                    answers.append((name, r.status_code, r.text))
+            # Whatever the order, the registry and its gauge agree afterwards.
+            index = httpx.post(f"{s.url}/v2/repository/index").json()
+            ready = {f"tiny:{i['version']}" for i in index if i["state"] == "READY"}
+            assert _loaded_gauge(s) == ready
+    assert all(code in (200, 404, 409) for _, code, _ in answers), answers
+    assert all(json.loads(text)["error"] for _, code, text in answers if code != 200), answers
+    assert {code for name, code, _ in answers if name == "rollback"} >= {200}
+
+
+def test_model_loaded_gauge_follows_load_unload_rollback(tmp_path: Path) -> None:
+    live = tmp_path / "repo"
+    tiny_model_folder(live, "tiny", "1", seed=1)
+    tiny_model_folder(live, "tiny", "2", seed=2)
+    with ServerProcess(live, args=["--model-poll-seconds", "0"]) as s:
+        base = f"{s.url}/v2/repository/models/tiny"
+        assert _loaded_gauge(s) == {"tiny:2"}
+        assert httpx.post(f"{base}/rollback").status_code == 200
+        assert _loaded_gauge(s) == {"tiny:1"}
+        assert httpx.post(f"{base}/load?version=2").status_code == 200
+        assert _loaded_gauge(s) == {"tiny:1", "tiny:2"}
+        assert httpx.post(f"{base}/unload?version=1").status_code == 200
+        assert _loaded_gauge(s) == {"tiny:2"}
+        assert httpx.post(f"{base}/unload").status_code == 200
+        assert _loaded_gauge(s) == set()

@@ -132,8 +132,7 @@ async def serve_async(settings: Settings, registry: ModelRegistry | None = None)
                 "ready", extra={"models": [f"{m.name}:{m.version}" for m in registry.models()]}
             )
             metrics.ready.set(1)
-            for m in registry.models():
-                metrics.model_info.labels(m.name, m.version).set(1)
+            metrics.set_models((m.name, m.version, 0) for m in registry.models())
             await stop.wait()
         else:
             load.cancel()

@@ -37,8 +37,11 @@ log = logging.getLogger("sentistream.server")
 _OPEN_METHODS = {"ServerLive", "ServerReady"}
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: SentistreamError) -> None:
-    await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+async def _abort(
+    context: grpc.aio.ServicerContext, exc: SentistreamError, registry: ModelRegistry
+) -> None:
+    code = getattr(grpc.StatusCode, exc.grpc_code)
+    await context.abort(code, registry.public_message(exc.message))
 
 
 def _instrument(metrics: ServerMetrics, name: str) -> Callable[..., Any]:
@@ -50,7 +53,7 @@ def _instrument(metrics: ServerMetrics, name: str) -> Callable[..., Any]:
                 return await fn(self, request, context)
             except SentistreamError as exc:
                 code = exc.grpc_code
-                await _abort(context, exc)
+                await _abort(context, exc, self.registry)
             except Exception:
                 code = context.code().name if context.code() else "INTERNAL"
                 raise

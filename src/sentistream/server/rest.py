@@ -85,6 +85,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "invalid input"),
         (401, "missing or wrong bearer token"),
         (404, "unknown model or version"),
+        (409, "the model version is broken (bad manifest, missing or corrupted file)"),
         (413, "body too large"),
         (429, "server at capacity, retry later"),
         (503, "not ready"),
@@ -159,7 +160,7 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
 
     @app.exception_handler(SentistreamError)
     async def _sentistream_error(_: Request, exc: SentistreamError) -> JSONResponse:
-        return _error(exc.http_status, exc.message, exc.grpc_code)
+        return _error(exc.http_status, registry.public_message(exc.message), exc.grpc_code)
 
     @app.exception_handler(_AuthError)
     async def _auth_error(_: Request, __: Exception) -> JSONResponse:
@@ -231,8 +232,8 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def prometheus() -> Response:
         metrics.ready.set(1 if registry.ready else 0)
-        for m in registry.models():
-            metrics.queue_depth.labels(m.name).set(m.batcher.pending)
+        # From the registry at each scrape: load, unload, rollback and hot reload all show.
+        metrics.set_models((m.name, m.version, m.batcher.pending) for m in registry.models())
         return Response(metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     # -- plain JSON API ----------------------------------------------------------------------------
@@ -381,17 +382,15 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
             return [
                 {"name": n, "version": v, "state": "READY", "reason": ""} for n, v in sorted(served)
             ]
-        return [
-            {
-                "name": r["name"],
-                "version": r["version"],
-                "state": "READY"
-                if (r["name"], r["version"]) in served
-                else ("UNAVAILABLE" if r["valid"] else "BROKEN"),
-                "reason": r["error"] or "",
-            }
-            for r in registry.repository.describe()
-        ]
+        rows = []
+        for r in registry.repository.describe():
+            key = (r["name"], r["version"])
+            # An invalid manifest, or the reason the last load of this folder failed.
+            reason = "" if key in served else r["error"] or registry.broken_reason(*key) or ""
+            state = "READY" if key in served else ("BROKEN" if reason else "UNAVAILABLE")
+            reason = registry.public_message(reason)
+            rows.append({"name": key[0], "version": key[1], "state": state, "reason": reason})
+        return rows
 
     @app.post(
         "/v2/repository/models/{model}/load",
