@@ -257,6 +257,27 @@ class Settings(BaseModel):
     drain_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM: longest wait for in-flight requests before exit."
     )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time an HTTP client may take to send a request's line and "
+        "headers, from connecting (or from the request's first byte on a kept-alive "
+        "connection); then 408 and the connection is closed (a connection that sent nothing is "
+        "just closed). Headers over 64 KiB get 431.",
+    )
+    http_body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time an HTTP client may take to send a request's body once its "
+        "headers are in; then 408 and the connection is closed.",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Most HTTP connections one server process serves at once (open dashboard "
+        "streams and idle kept-alive connections count); a request on a connection beyond "
+        "them gets 503 with Retry-After and the connection is closed.",
+    )
 
     # -- stream worker --------------------------------------------------------------------------
     redis_url: SecretStr | None = Field(

@@ -8,6 +8,8 @@ import base64
 import concurrent.futures as cf
 import json
 import re
+import select
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -276,3 +278,126 @@ def test_model_loaded_gauge_follows_load_unload_rollback(tmp_path: Path) -> None
         assert _loaded_gauge(s) == {"tiny:2"}
         assert httpx.post(f"{base}/unload").status_code == 200
         assert _loaded_gauge(s) == set()
+
+
+# -- slow and greedy clients ------------------------------------------------------------------
+HEADER_S, BODY_S = 1.0, 1.5
+
+
+@pytest.fixture(scope="module")
+def guarded(repo: Path):  # type: ignore[no-untyped-def]
+    env = {
+        "SENTISTREAM_HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_S),
+        "SENTISTREAM_HTTP_BODY_TIMEOUT_SECONDS": str(BODY_S),
+    }
+    with ServerProcess(repo, env=env, args=["--model", "tiny"]) as s:
+        yield s
+
+
+def _drip(
+    server: ServerProcess,
+    chunks: list[bytes],
+    every: float = 0.25,
+    limit: float = 6.0,
+    sock: socket.socket | None = None,
+) -> tuple[float, bytes]:
+    """Send ``chunks`` one every ``every`` s until the server answers; read until it closes
+    the connection or ``limit`` s pass. Returns (seconds, what the server sent)."""
+    sock = sock or socket.create_connection(("127.0.0.1", server.http_port))
+    started = time.monotonic()
+    got, pending, next_send = b"", list(chunks), started
+    try:
+        while time.monotonic() - started < limit:
+            if pending and not got and time.monotonic() >= next_send:
+                sock.sendall(pending.pop(0))
+                next_send += every
+            if select.select([sock], [], [], 0.02)[0]:
+                data = sock.recv(65536)
+                if not data:
+                    break  # the server closed the connection
+                got += data
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return time.monotonic() - started, got
+
+
+def _json_error(answer: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+SLOW_HEADERS = [b"POST /v1/classify HTTP/1.1\r\n", b"Host: x\r\n", *[b"X-Slow: 1\r\n"] * 60]
+
+
+def test_slow_headers_are_cut_off(guarded: ServerProcess) -> None:
+    seconds, answer = _drip(guarded, SLOW_HEADERS)
+    assert HEADER_S - 0.1 < seconds < HEADER_S + 1.0, seconds
+    status, error = _json_error(answer)
+    assert status == 408 and error["error"] == "request headers not received within 1 s"
+    # A connection that sends nothing is closed as quietly as an idle kept-alive one.
+    seconds, answer = _drip(guarded, [])
+    assert seconds < HEADER_S + 1.0 and answer == b""
+
+
+def test_slow_headers_on_a_kept_alive_connection_are_cut_off(guarded: ServerProcess) -> None:
+    sock = socket.create_connection(("127.0.0.1", guarded.http_port))
+    sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = b""
+    while not first.endswith(b'{"live":true}'):
+        first += sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200")
+    time.sleep(HEADER_S + 0.2)  # idle between requests: the keep-alive timeout's business
+    seconds, answer = _drip(guarded, SLOW_HEADERS, sock=sock)
+    assert seconds < HEADER_S + 1.0 and _json_error(answer)[0] == 408
+
+
+@pytest.mark.parametrize("path", ["/v1/classify", "/v2/models/tiny/infer"])
+def test_slow_body_is_cut_off(guarded: ServerProcess, path: str) -> None:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 200\r\n\r\n"
+    ).encode()
+    seconds, answer = _drip(guarded, [head] + [b" "] * 60)
+    assert BODY_S - 0.1 < seconds < BODY_S + 1.0, seconds
+    status, error = _json_error(answer)
+    assert status == 408 and error["error"] == "request body not received within 1.5 s"
+    assert b"connection: close" in answer.lower()
+
+
+def test_huge_headers_are_refused(guarded: ServerProcess) -> None:
+    flood = b"GET /v2/health/live HTTP/1.1\r\n" + b"X-Big: " + b"a" * 200_000
+    _, answer = _drip(guarded, [flood])
+    assert _json_error(answer) == (
+        431,
+        {"error": "request headers larger than 65536 bytes", "code": "INVALID_ARGUMENT"},
+    )
+
+
+def test_normal_clients_are_served_while_slow_ones_wait(guarded: ServerProcess) -> None:
+    with cf.ThreadPoolExecutor(24) as pool:
+        slow = [pool.submit(_drip, guarded, SLOW_HEADERS) for _ in range(20)]
+        time.sleep(0.3)
+        started = time.monotonic()
+        r = httpx.post(f"{guarded.url}/v1/classify", json={"texts": ["fine", "thanks"]})
+        assert r.status_code == 200 and time.monotonic() - started < 1.0
+        # A long response (the dashboard's event stream) outlives both deadlines.
+        with httpx.stream("GET", f"{guarded.url}/dashboard/events", timeout=10) as events:
+            assert len(Events(events).take("stats", 2)) == 2  # >= 2 s open
+        assert all(_json_error(f.result()[1])[0] == 408 for f in slow)
+
+
+def test_connections_beyond_the_cap_get_503(repo: Path) -> None:
+    env = {"SENTISTREAM_HTTP_MAX_CONNECTIONS": "4"}
+    with ServerProcess(repo, env=env, args=["--model", "tiny"]) as s:
+        idle = [socket.create_connection(("127.0.0.1", s.http_port)) for _ in range(4)]
+        time.sleep(0.2)
+        with httpx.Client() as client:
+            refused = client.get(f"{s.url}/v2/health/live")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["code"] == "UNAVAILABLE"
+        for sock in idle:
+            sock.close()
+        time.sleep(0.2)
+        assert httpx.get(f"{s.url}/v2/health/live").status_code == 200

@@ -25,6 +25,7 @@ from sentistream import startup_gc
 from sentistream.config import Settings
 from sentistream.monitoring import ServerMetrics
 from sentistream.server.fastapi_import import import_fastapi
+from sentistream.server.limits import http_protocol
 from sentistream.server.logs import configure_logging
 from sentistream.server.registry import ModelRegistry
 
@@ -84,7 +85,9 @@ async def serve_async(settings: Settings, registry: ModelRegistry | None = None)
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         ssl_certfile=str(settings.tls_cert_file) if tls else None,
         ssl_keyfile=str(settings.tls_key_file) if tls else None,
-        limit_concurrency=None,
+        # Slow or greedy clients: deadlines on headers (here) and body (LimitsAndMetrics), a
+        # cap on open connections; uvicorn alone bounds none of them.
+        http=http_protocol(settings.http_header_timeout_seconds, settings.http_max_connections),
         timeout_keep_alive=30,
     )
     http = QuietServer(config)
