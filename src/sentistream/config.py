@@ -380,8 +380,8 @@ class Settings(BaseModel):
     dashboard_max_clients: int = Field(
         16,
         ge=1,
-        description="Most open dashboard event streams per process (each holds a Redis "
-        "connection); one more is answered 503.",
+        description="Most open dashboard event streams per process (one Redis reader serves "
+        "them all); one more is answered 503.",
     )
     drift_window: int = Field(
         1000, ge=10, description="Live posts in the drift monitor's sliding window."
