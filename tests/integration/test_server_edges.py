@@ -366,6 +366,15 @@ def test_slow_body_is_cut_off(guarded: ServerProcess, path: str) -> None:
     assert b"connection: close" in answer.lower()
 
 
+def test_a_body_the_route_never_reads_does_not_hold_the_connection(
+    guarded: ServerProcess,
+) -> None:
+    head = b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    seconds, answer = _drip(guarded, [head] + [b" "] * 60)
+    assert seconds < 1.0 and answer.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in answer.lower()
+
+
 def test_huge_headers_are_refused(guarded: ServerProcess) -> None:
     flood = b"GET /v2/health/live HTTP/1.1\r\n" + b"X-Big: " + b"a" * 200_000
     _, answer = _drip(guarded, [flood])

@@ -184,17 +184,19 @@ class LimitsAndMetrics:
         status = {"code": 500}
         length = headers.get(b"content-length")
 
+        received = 0
+        # A request without a body has nothing left to receive but the disconnect.
+        body_done = length in (None, b"0") and b"transfer-encoding" not in headers
+
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode("latin-1")),
-                ]
+                extra = [(b"x-request-id", request_id.encode("latin-1"))]
+                if not body_done:  # answered before its body was in (or never read)
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        received = 0
-        body_done = False
         deadline = asyncio.get_running_loop().time() + self.body_timeout
 
         async def limited_receive() -> dict[str, Any]:
