@@ -39,6 +39,9 @@ _SERVER_FLAGS = (
     "cors_origins",
     "workers",
     "drain_seconds",
+    "http_header_timeout_seconds",
+    "http_body_timeout_seconds",
+    "http_max_connections",
     "log_level",
     "log_format",
 )
@@ -912,6 +915,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cors-origins", type=lambda v: [x for x in v.split(",") if x])
     g.add_argument("--workers", type=int)
     g.add_argument("--drain-seconds", type=float)
+    g.add_argument("--http-header-timeout-seconds", type=float)
+    g.add_argument("--http-body-timeout-seconds", type=float)
+    g.add_argument("--http-max-connections", type=int)
     g.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     g.add_argument("--log-format", choices=["json", "text"])
     _add_setting_flags(p)

@@ -235,8 +235,9 @@ class Settings(BaseModel):
     )
     auth_token: SecretStr | None = Field(
         None,
-        description="Bearer token required on REST and gRPC when set (health, readiness "
-        "and metrics stay open). Give it through the environment or a secret, never a flag.",
+        description="Bearer token required on REST and gRPC when set: server liveness, "
+        "server readiness and metrics stay open; per-model state (model ready, metadata) and "
+        "inference need it. Give it through the environment or a secret, never a flag.",
     )
     tls_cert_file: Path | None = Field(
         None, description="PEM certificate: serve HTTPS and gRPC over TLS (with tls_key_file)."
@@ -255,6 +256,27 @@ class Settings(BaseModel):
     )
     drain_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM: longest wait for in-flight requests before exit."
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest time an HTTP client may take to send a request's line and "
+        "headers, from connecting (or from the request's first byte on a kept-alive "
+        "connection); then 408 and the connection is closed (a connection that sent nothing is "
+        "just closed). Headers over 64 KiB get 431.",
+    )
+    http_body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time an HTTP client may take to send a request's body once its "
+        "headers are in; then 408 and the connection is closed.",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Most HTTP connections one server process serves at once (open dashboard "
+        "streams and idle kept-alive connections count); a request on a connection beyond "
+        "them gets 503 with Retry-After and the connection is closed.",
     )
 
     # -- stream worker --------------------------------------------------------------------------
@@ -358,8 +380,8 @@ class Settings(BaseModel):
     dashboard_max_clients: int = Field(
         16,
         ge=1,
-        description="Most open dashboard event streams per process (each holds a Redis "
-        "connection); one more is answered 503.",
+        description="Most open dashboard event streams per process (one Redis reader serves "
+        "them all); one more is answered 503.",
     )
     drift_window: int = Field(
         1000, ge=10, description="Live posts in the drift monitor's sliding window."

@@ -45,9 +45,10 @@ class ModelNotFoundError(SentistreamError, LookupError):
 
 
 class ModelLoadError(SentistreamError):
-    """A model folder exists but is broken (bad manifest, missing or unsafe files)."""
+    """A model folder exists but is broken (bad manifest, missing, corrupted or unsafe files):
+    the request conflicts with what is in the repository (409), not a server fault."""
 
-    http_status = 500
+    http_status = 409
     grpc_code = "FAILED_PRECONDITION"
 
 

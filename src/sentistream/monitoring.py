@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -71,6 +73,18 @@ class ServerMetrics:
         self.dashboard_clients = Gauge(
             "sentistream_dashboard_clients", "Open dashboard event streams.", registry=r
         )
+
+    def set_models(self, served: Iterable[tuple[str, str, int]]) -> None:
+        """Make the per-model gauges say what is served now, from (name, version, texts
+        waiting) per loaded version: versions unloaded since the last call disappear."""
+        self.model_info.clear()
+        self.queue_depth.clear()
+        pending: dict[str, int] = {}
+        for name, version, waiting in served:
+            self.model_info.labels(name, version).set(1)
+            pending[name] = pending.get(name, 0) + waiting
+        for name, waiting in pending.items():
+            self.queue_depth.labels(name).set(waiting)
 
     def observe_batch(self, model: str, stats: BatchStats) -> None:
         self.texts.labels(model).inc(stats.texts)

@@ -166,3 +166,82 @@ def test_server_dashboard_is_outside_the_api_schema(tiny_repo: Path) -> None:
         assert figures["feed"] is None and figures["models"] == ["tiny:1"]
     with ServerProcess(tiny_repo, env={"SENTISTREAM_DASHBOARD": "false"}) as server:
         assert httpx.get(f"{server.url}/dashboard").status_code == 404
+
+
+def _record(i: int, **extra: Any) -> str:
+    return json.dumps({"id": f"r{i}", "text": f"post {i}", "label": "positive", **extra})
+
+
+def _collect(response: httpx.Response, stats: int) -> list[tuple[str | None, dict[str, Any]]]:
+    """The records an open event stream sends until its ``stats``-th stats event."""
+    records: list[tuple[str | None, dict[str, Any]]] = []
+    event_id, event = None, None
+    for line in response.iter_lines():
+        if line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event == "record":
+            records.append((event_id, json.loads(line[6:])))
+        elif line.startswith("data: ") and event == "stats":
+            stats -= 1
+            if stats == 0:
+                break
+        elif line == "":
+            event_id, event = None, None
+    return records
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.M)
+    assert match
+    return int(match.group(1)) / 1024
+
+
+def test_a_garbage_last_event_id_counts_as_absent(tmp_path: Path, tiny_repo: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        client = redis.Redis.from_url(server.url)
+        ids = [client.xadd("results:g", {"data": _record(i)}).decode() for i in range(5)]
+        env = {"SENTISTREAM_REDIS_URL": server.url, "SENTISTREAM_DASHBOARD_STREAM": "results:g"}
+        with ServerProcess(tiny_repo, env=env, args=["--serve-models", "tiny:1"]) as srv:
+            url = f"{srv.url}/dashboard/events"
+            for garbage in ("garbage", "0-0-0<script>", "999999999999999999999-1", "$"):
+                headers = {"Last-Event-ID": garbage}
+                with httpx.stream("GET", url, headers=headers, timeout=10) as events:
+                    shown = _collect(events, stats=2)  # open for >= 2 s
+                assert [r["id"] for _, r in shown] == [f"r{i}" for i in range(5)], garbage
+            # A valid one still resumes right after it.
+            with httpx.stream("GET", url, headers={"Last-Event-ID": ids[2]}, timeout=10) as ev:
+                assert [r["id"] for _, r in _collect(ev, stats=2)] == ["r3", "r4"]
+            log = srv.log
+        client.close()
+    assert log.count("Last-Event-ID") == 1  # said once, not once a second per connection
+    assert "dashboard feed unavailable" not in log
+
+
+def test_dashboard_memory_per_viewer_is_bounded(tmp_path: Path, tiny_repo: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        client = redis.Redis.from_url(server.url)
+        pipe = client.pipeline()
+        for i in range(60):  # 60 posts, each with a 1 MB side field and a long text
+            data = _record(i, text="t" * 20_000, user={"bio": chr(97 + i % 26) * 1_000_000})
+            pipe.xadd("results:m", {"data": data})
+        pipe.execute()
+        env = {"SENTISTREAM_REDIS_URL": server.url, "SENTISTREAM_DASHBOARD_STREAM": "results:m"}
+        with ServerProcess(tiny_repo, env=env, args=["--serve-models", "tiny:1"]) as srv:
+            url = f"{srv.url}/dashboard/events"
+            with httpx.stream("GET", url, timeout=10) as events:
+                [(_, first)] = Events(events).take("record", 1)
+            assert "user" not in first and len(first["text"]) <= 301
+            assert len(json.dumps(first)) < 1000
+            before = _rss_mb(srv.proc.pid)
+            with contextlib.ExitStack() as stack:
+                # 8 viewers that read one record, then nothing more, and stay connected.
+                for _ in range(8):
+                    viewer = stack.enter_context(httpx.stream("GET", url, timeout=30))
+                    assert len(Events(viewer).take("record", 1)) == 1
+                time.sleep(1.0)
+                during = _rss_mb(srv.proc.pid)
+        client.close()
+    assert during - before < 50, (before, during)

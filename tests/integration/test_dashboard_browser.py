@@ -262,3 +262,86 @@ def test_server_dashboard_shows_a_configured_stream_and_its_own_figures(
             finally:
                 page.close()
         client.close()
+
+
+# Where a substring of an element's text is drawn: a Range over the text node holding it.
+RECT_OF = """([selector, needle]) => {
+  const root = document.querySelector(selector);
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const at = node.data.indexOf(needle);
+    if (at >= 0) {
+      const range = document.createRange();
+      range.setStart(node, at);
+      range.setEnd(node, at + needle.length);
+      const r = range.getBoundingClientRect();
+      return {left: r.left, right: r.right};
+    }
+  }
+  return null;
+}"""
+
+
+def test_long_and_bidi_posts_stay_in_their_place(
+    browser: Any, tmp_path: Path, tiny_repo: Path
+) -> None:
+    rlo = "\u202e"
+    long_post = {
+        "id": "I" * 3000,  # unbroken: no space to wrap at
+        "text": "W" * 5000,
+        "label": "L" * 400,
+        "score": 0.5,
+        "scores": {"S" * 400: 0.5},
+        "tasks": {"T" * 400: {"label": "X" * 400, "score": 0.5}},
+        "processed_at": "2026-11-22T09:00:00.000Z",
+    }
+    bidi_post = {
+        "id": f"{rlo}evil-id",
+        "text": f"{rlo}reversed text",
+        "label": f"{rlo}negative",
+        "score": 0.875,
+        "tasks": {"emotion": {"label": f"{rlo}anger", "score": 0.625}},
+        "processed_at": "2026-11-22T09:00:01.000Z",
+    }
+    with RedisServer(tmp_path / "redis") as server:
+        client = redis.Redis.from_url(server.url)
+        for record in (long_post, bidi_post):
+            client.xadd("results:b", {"data": json.dumps(record)})
+        env = {"SENTISTREAM_REDIS_URL": server.url, "SENTISTREAM_DASHBOARD_STREAM": "results:b"}
+        with ServerProcess(tiny_repo, env=env, args=["--serve-models", "tiny:1"]) as srv:
+            page = Page(browser, "edges")
+            try:
+                p = page.page
+                p.goto(f"{srv.url}/dashboard")
+                p.wait_for_function(
+                    "() => document.querySelectorAll('#feed li.post').length === 2", timeout=5000
+                )
+                page.shot("1-long-and-bidi")
+                # Nothing wider than the window; every post within its own box.
+                assert p.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+                overflowing = p.evaluate(
+                    "[...document.querySelectorAll('#feed li.post, #feed li.post *')]"
+                    ".filter(e => e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0)"
+                    ".map(e => e.className)"
+                )
+                assert overflowing == []
+                # U+202E in the label and task label turns only them around: the score after
+                # each is still drawn to its right.
+                newest = "#feed li.post:first-child"
+                for part, label, score in (
+                    (".post-label", "negative", "0.875"),
+                    (".post-task", "anger", "0.63"),
+                ):
+                    shown = p.evaluate(RECT_OF, [f"{newest} {part}", label[::-1][::-1]])
+                    number = p.evaluate(RECT_OF, [f"{newest} {part}", score])
+                    assert shown and number and number["left"] >= shown["right"] - 1, part
+                isolated = p.evaluate(
+                    "[...document.querySelectorAll("
+                    f"'{newest} .post-text, {newest} .post-meta > span, {newest} bdi')]"
+                    ".map(e => getComputedStyle(e).unicodeBidi)"
+                )
+                assert isolated and set(isolated) == {"isolate"}
+                assert page.errors == [] and page.dialogs == []
+            finally:
+                page.close()
+        client.close()

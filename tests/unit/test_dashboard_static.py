@@ -81,16 +81,18 @@ def test_page_headers_and_static_routes(tmp_path: Path, tiny_classifier: object)
 
 
 def test_feed_entries_become_single_line_events() -> None:
-    from sentistream.dashboard import RedisFeed, _event
+    from sentistream.dashboard import _event
+    from sentistream.dashboard.feed import _entries
 
     entries = [
         (b"1-0", {b"data": b'{"text": "a"}'}),
         (b"2-0", {b"data": b'{"text":\n "multi\\nline"}'}),  # pretty JSON from another writer
-        (b"3-0", {b"data": b"not json\n"}),  # cannot be one SSE line: skipped
+        (b"3-0", {b"data": b"not json\n"}),  # not a record: skipped
         (b"4-0", {b"id": b"no data field"}),
     ]
-    decoded = RedisFeed._decode(entries)
-    assert decoded == [("1-0", '{"text": "a"}'), ("2-0", '{"text": "multi\\nline"}')]
-    assert _event("record", decoded[1][1], "2-0") == (
-        'id: 2-0\nevent: record\ndata: {"text": "multi\\nline"}\n\n'
+    records, ids = _entries(entries)
+    assert records == [("1-0", '{"text":"a"}'), ("2-0", '{"text":"multi\\nline"}')]
+    assert ids == ["1-0", "2-0", "3-0", "4-0"]  # followed past entries without a record
+    assert _event("record", records[1][1], "2-0") == (
+        'id: 2-0\nevent: record\ndata: {"text":"multi\\nline"}\n\n'
     )

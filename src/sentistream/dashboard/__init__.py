@@ -5,22 +5,25 @@ CDN) and a Server-Sent Events endpoint, mounted on the worker's and the model se
 from this origin, no inline script, nothing else loaded). ``GET /dashboard/events`` streams:
 
 - ``record`` events: result records, first the newest ``history`` ones of the durable Redis
-  Stream (XREVRANGE, so a reload shows recent history), then new ones as they are written
-  (XREAD BLOCK). Each event's id is the stream entry id: a reconnecting browser sends it back as
-  ``Last-Event-ID`` and continues after it, missing nothing.
+  Stream (so a reload shows recent history), then new ones as they are written. Each event's
+  id is the stream entry id: a reconnecting browser sends it back as ``Last-Event-ID`` and
+  gets what it missed of that history (an id that is not a stream entry id counts as absent).
 - ``stats`` events every ``stats_interval`` seconds: model, counters, latency, drift.
 
-Connections are bounded (``max_clients``; one more gets 503) and end when the client goes
-(Starlette cancels the generator, which cancels its pending XREAD). Posts are untrusted: the
-page inserts them with ``textContent`` only.
+Records are compacted first (:mod:`sentistream.dashboard.feed`: the fields the page shows,
+each cut to a few hundred characters), and one reader per process serves every viewer, each
+through a bounded queue. Connections are bounded (``max_clients``; one more gets 503) and end
+when the client goes; the reader stops with the last one. Posts are untrusted: the page inserts
+them with ``textContent`` only, each in an element that isolates its text direction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +31,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from sentistream.dashboard.feed import FeedHub, RedisFeed, StreamId, parse_stream_id
+
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
     from fastapi import FastAPI
     from prometheus_client import Gauge
 
@@ -55,61 +59,16 @@ STATIC = {
 }
 
 
-class RedisFeed:
-    """Result records from a Redis Stream whose entries hold the record JSON in ``data``."""
-
-    def __init__(self, client: aioredis.Redis, stream: str) -> None:
-        self.client = client
-        self.stream = stream
-
-    @staticmethod
-    def _decode(entries: Any) -> list[tuple[str, str]]:
-        out = []
-        for entry_id, fields in entries:
-            data = fields.get(b"data")
-            if data is None:
-                continue
-            eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-            text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-            if "\n" in text or "\r" in text:  # one SSE data line per record
-                try:
-                    text = json.dumps(json.loads(text))
-                except ValueError:
-                    continue  # not a record: nothing to show
-            out.append((eid, text))
-        return out
-
-    async def history(self, count: int, after: str | None) -> tuple[list[tuple[str, str]], str]:
-        """Entries to show first, oldest first, and the id to follow from."""
-        if after:
-            entries = self._decode(
-                await self.client.xrange(self.stream, min=f"({after}", count=count)
-            )
-            return entries, entries[-1][0] if entries else after
-        newest = self._decode(await self.client.xrevrange(self.stream, count=max(count, 1)))
-        start = newest[0][0] if newest else "0-0"
-        return list(reversed(newest[:count])), start
-
-    async def follow(self, last_id: str, block_ms: int) -> list[tuple[str, str]]:
-        reply: Any = await self.client.xread({self.stream: last_id}, count=200, block=block_ms)
-        out: list[tuple[str, str]] = []
-        for _, entries in reply or []:
-            out.extend(self._decode(entries))
-        return out
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
 class _EventStream(StreamingResponse):
     """An SSE response that gives its connection slot back however it ends."""
 
-    def __init__(self, body: AsyncIterator[str], release: Callable[[], None]) -> None:
+    def __init__(self, body: AsyncGenerator[str, None], release: Callable[[], None]) -> None:
         super().__init__(
             body,
             media_type="text/event-stream",
             headers={**SECURITY_HEADERS, "Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+        self._body = body
         self._release = release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -117,6 +76,7 @@ class _EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._release()
+            await self._body.aclose()  # its viewer leaves the feed now, not at garbage collection
 
 
 def _event(kind: str, data: str, event_id: str | None = None) -> str:
@@ -147,6 +107,8 @@ def mount_dashboard(
     page = _static("index.html")
     files = {name: _static(name) for name in STATIC}
     active = {"n": 0}
+    hub = FeedHub(feed, history, block_ms) if feed is not None else None
+    warned = {"last_event_id": False}
 
     def release() -> None:
         active["n"] -= 1
@@ -170,58 +132,57 @@ def mount_dashboard(
                 status_code=503,
                 headers={"Retry-After": "10"},
             )
+        header = request.headers.get("last-event-id", "")
+        after = parse_stream_id(header) if header.strip() else None
+        if header.strip() and after is None and not warned["last_event_id"]:
+            warned["last_event_id"] = True  # a client's garbage: said once, never per second
+            log.warning("dashboard: a Last-Event-ID that is no stream entry id counts as absent")
         active["n"] += 1
         clients.set(active["n"])
-        after = request.headers.get("last-event-id") or None
-        body = _events(feed, stats, history, after, stats_interval, block_ms, closing)
+        body = _events(hub, stats, after, stats_interval, block_ms, closing)
         return _EventStream(body, release)
 
 
 async def _events(
-    feed: RedisFeed | None,
+    hub: FeedHub | None,
     stats: Callable[[], dict[str, Any]],
-    history: int,
-    after: str | None,
+    after: StreamId | None,
     stats_interval: float,
     block_ms: int,
     closing: Callable[[], bool],
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     loop = asyncio.get_running_loop()
 
     def stats_event() -> str:
-        return _event("stats", json.dumps({**stats(), "feed": feed.stream if feed else None}))
+        feed = hub.feed.stream if hub is not None else None
+        return _event("stats", json.dumps({**stats(), "feed": feed}))
 
-    # redis is imported only where a feed exists: the package costs ~0.1 s of import, which a
-    # model server without a dashboard stream (the serverless shape) should not pay at start.
-    errors: tuple[type[BaseException], ...] = (OSError,)
-    if feed is not None:
-        from redis.exceptions import RedisError
-
-        errors = (RedisError, OSError)
     yield "retry: 2000\n\n"
     yield stats_event()
-    last = "0-0"
-    if feed is not None:
-        try:
-            entries, last = await feed.history(history, after)
-        except errors as exc:  # Redis away: show stats, keep trying to follow
-            log.warning("dashboard history unavailable: %s", type(exc).__name__)
-            entries, last = [], after or "$"
-        for entry_id, data in entries:
-            yield _event("record", data, entry_id)
     next_stats = loop.time() + stats_interval
-    while not closing():
-        if feed is None:
+    if hub is None:
+        while not closing():
             await asyncio.sleep(max(0.0, min(block_ms / 1000, next_stats - loop.time())))
-        else:
-            try:
-                wait = max(1, min(block_ms, int((next_stats - loop.time()) * 1000)))
-                for entry_id, data in await feed.follow(last, wait):
-                    last = entry_id
-                    yield _event("record", data, entry_id)
-            except errors as exc:  # Redis away: retry, keep sending stats
-                log.warning("dashboard feed unavailable: %s", type(exc).__name__)
-                await asyncio.sleep(1.0)
-        if loop.time() >= next_stats:
-            yield stats_event()
-            next_stats = loop.time() + stats_interval
+            if loop.time() >= next_stats:
+                yield stats_event()
+                next_stats = loop.time() + stats_interval
+        return
+    first, viewer = hub.join(after)
+    try:
+        for entry_id, data in first:
+            yield _event("record", data, entry_id)
+        del first
+        while not closing():
+            if not viewer.queue:
+                viewer.wake.clear()
+                wait = max(0.0, min(block_ms / 1000, next_stats - loop.time()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(viewer.wake.wait(), wait)
+            while viewer.queue:
+                entry_id, data = viewer.queue.popleft()
+                yield _event("record", data, entry_id)
+            if loop.time() >= next_stats:
+                yield stats_event()
+                next_stats = loop.time() + stats_interval
+    finally:
+        hub.leave(viewer)

@@ -25,6 +25,7 @@ from sentistream import startup_gc
 from sentistream.config import Settings
 from sentistream.monitoring import ServerMetrics
 from sentistream.server.fastapi_import import import_fastapi
+from sentistream.server.limits import http_protocol
 from sentistream.server.logs import configure_logging
 from sentistream.server.registry import ModelRegistry
 
@@ -84,7 +85,9 @@ async def serve_async(settings: Settings, registry: ModelRegistry | None = None)
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         ssl_certfile=str(settings.tls_cert_file) if tls else None,
         ssl_keyfile=str(settings.tls_key_file) if tls else None,
-        limit_concurrency=None,
+        # Slow or greedy clients: deadlines on headers (here) and body (LimitsAndMetrics), a
+        # cap on open connections; uvicorn alone bounds none of them.
+        http=http_protocol(settings.http_header_timeout_seconds, settings.http_max_connections),
         timeout_keep_alive=30,
     )
     http = QuietServer(config)
@@ -132,8 +135,7 @@ async def serve_async(settings: Settings, registry: ModelRegistry | None = None)
                 "ready", extra={"models": [f"{m.name}:{m.version}" for m in registry.models()]}
             )
             metrics.ready.set(1)
-            for m in registry.models():
-                metrics.model_info.labels(m.name, m.version).set(1)
+            metrics.set_models((m.name, m.version, 0) for m in registry.models())
             await stop.wait()
         else:
             load.cancel()
@@ -152,8 +154,7 @@ async def serve_async(settings: Settings, registry: ModelRegistry | None = None)
     return code
 
 
-def _worker(settings_json: str) -> None:
-    settings = Settings.model_validate_json(settings_json)
+def _worker(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     raise SystemExit(asyncio.run(serve_async(settings)))
 
@@ -166,11 +167,11 @@ def serve(settings: Settings, registry: ModelRegistry | None = None) -> int:
         return asyncio.run(serve_async(settings, registry))
     startup_gc.release()  # this parent only supervises; each worker is a fresh interpreter
     ctx = multiprocessing.get_context("spawn")
-    data = settings.model_dump_json(exclude={"auth_token"})
-    if settings.auth_token is not None:  # model_dump_json masks secrets: pass it through env
-        os.environ["SENTISTREAM_AUTH_TOKEN"] = settings.auth_token.get_secret_value()
+    # Each worker gets the settings object itself: "spawn" pickles it through a pipe, secrets
+    # (auth_token, redis_url) included, so no secret is on a command line or in the
+    # environment. (JSON would mask every SecretStr as "**********".)
     procs = [
-        ctx.Process(target=_worker, args=(data,), name=f"worker-{i}")
+        ctx.Process(target=_worker, args=(settings,), name=f"worker-{i}")
         for i in range(settings.workers)
     ]
     for p in procs:

@@ -8,6 +8,7 @@ Tensor naming for a model with tasks T1..Tn: one input ``text`` (BYTES, shape ``
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from collections.abc import Sequence
@@ -153,7 +154,9 @@ def v2_rest_texts(
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         chunk = None
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if not _is_int(size):
+                raise InvalidInputError("binary_data_size must be an integer")
+            if size < 0 or offset + size > len(binary):
                 raise InvalidInputError("binary_data_size does not match the binary body")
             chunk = binary[offset : offset + size]
             offset += size
@@ -165,7 +168,7 @@ def v2_rest_texts(
                 f"{tensor.get('datatype')!r}"
             )
         shape = tensor.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
+        if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
             raise InvalidInputError("input 'shape' must be a list of integers")
         if chunk is not None:
             values: list[Any] = decode_bytes_elements(chunk, limit)
@@ -194,6 +197,11 @@ def v2_rest_texts(
     params = body.get("parameters") or {}
     all_binary = bool(isinstance(params, dict) and params.get("binary_data_output"))
     return texts, requested, binary_out, all_binary
+
+
+def _is_int(value: object) -> bool:
+    """A JSON integer: ``true``/``false`` are not dimensions or sizes (Python's bool is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -242,33 +250,57 @@ def v2_rest_response(
 
 
 # -- TF Serving REST ------------------------------------------------------------------------------
+def _is_b64(value: object) -> bool:
+    """TF Serving's encoding of a binary string value: an object whose only key is ``b64``."""
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _tfs_value(value: Any, where: str) -> Any:
+    """A TF Serving REST input value; ``{"b64": ...}`` is decoded as TF Serving does (base64 to
+    bytes), and the bytes must be UTF-8 text. Anything else goes on as is (the core checks it)."""
+    if not _is_b64(value):
+        return value
+    encoded = value["b64"]
+    if not isinstance(encoded, str):
+        raise InvalidInputError(f"{where}: 'b64' must be a base64 string")
+    try:  # standard alphabet; like TF Serving, the padding may be left out
+        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except ValueError as exc:  # binascii.Error, or a non-ASCII character
+        raise InvalidInputError(f"{where}: 'b64' is not valid base64") from exc
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{where}: the base64 value is not UTF-8 text") from exc
+
+
 def tfs_rest_texts(body: dict[str, Any]) -> tuple[list[Any], bool]:
-    """Texts from ``instances`` (row format) or ``inputs`` (columnar); returns (texts, row)."""
+    """Texts from ``instances`` (row format) or ``inputs`` (columnar); returns (texts, row).
+
+    A value may be a string or ``{"b64": "<base64 of UTF-8 text>"}``; a row is the value itself
+    or an object holding it under the one input's name (``text``)."""
     if "instances" in body:
         rows = body["instances"]
         if not isinstance(rows, list):
             raise InvalidInputError("'instances' must be a list")
         texts = []
-        for row in rows:
-            if isinstance(row, dict):
+        for i, row in enumerate(rows):
+            if isinstance(row, dict) and not _is_b64(row):
                 if len(row) != 1 and INPUT_NAME not in row:
                     raise InvalidInputError(f"each instance needs one input named {INPUT_NAME!r}")
                 row = row.get(INPUT_NAME, next(iter(row.values()), None))
-            if isinstance(row, dict) and "b64" in row:
-                raise InvalidInputError("base64 ('b64') inputs are not supported: send text")
-            texts.append(row)
+            texts.append(_tfs_value(row, f"instances[{i}]"))
         return texts, True
     if "inputs" in body:
         cols = body["inputs"]
-        if isinstance(cols, dict):
+        if isinstance(cols, dict) and not _is_b64(cols):
             if len(cols) != 1 and INPUT_NAME not in cols:
                 raise InvalidInputError(f"'inputs' needs one input named {INPUT_NAME!r}")
             cols = cols.get(INPUT_NAME, next(iter(cols.values()), None))
-        if isinstance(cols, str):
+        if isinstance(cols, str) or _is_b64(cols):
             cols = [cols]
         if not isinstance(cols, list):
             raise InvalidInputError("'inputs' must be a list of texts or {'text': [...]}")
-        return cols, False
+        return [_tfs_value(v, f"inputs[{i}]") for i, v in enumerate(cols)], False
     raise InvalidInputError("request needs 'instances' or 'inputs'")
 
 

@@ -32,11 +32,16 @@ from sentistream.server.registry import ModelRegistry
 __all__ = ["build_grpc_server"]
 
 log = logging.getLogger("sentistream.server")
-_OPEN_METHODS = {"ServerLive", "ServerReady", "ModelReady"}
+# One rule on both transports: the server's own health (live, ready) is open; anything about a
+# model (ready, metadata, inference) needs the token when one is configured.
+_OPEN_METHODS = {"ServerLive", "ServerReady"}
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: SentistreamError) -> None:
-    await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+async def _abort(
+    context: grpc.aio.ServicerContext, exc: SentistreamError, registry: ModelRegistry
+) -> None:
+    code = getattr(grpc.StatusCode, exc.grpc_code)
+    await context.abort(code, registry.public_message(exc.message))
 
 
 def _instrument(metrics: ServerMetrics, name: str) -> Callable[..., Any]:
@@ -48,7 +53,7 @@ def _instrument(metrics: ServerMetrics, name: str) -> Callable[..., Any]:
                 return await fn(self, request, context)
             except SentistreamError as exc:
                 code = exc.grpc_code
-                await _abort(context, exc)
+                await _abort(context, exc, self.registry)
             except Exception:
                 code = context.code().name if context.code() else "INTERNAL"
                 raise
@@ -235,7 +240,7 @@ class _AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
         method = details.method.rsplit("/", 1)[-1]
-        if method in _OPEN_METHODS or method == "ServerLive":
+        if method in _OPEN_METHODS:
             return await continuation(details)
         header = dict(details.invocation_metadata or ()).get("authorization", "")
         scheme, _, given = str(header).partition(" ")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -81,9 +82,9 @@ class ModelRegistry:
         self.observer = observer
         self._models: dict[str, dict[str, LoadedModel]] = {}
         self._policy: dict[str, str] = {}  # name -> "latest" | "all" | pinned version
-        self._rejected: dict[
-            tuple[str, str], float
-        ] = {}  # broken folders: (name, version) -> mtime
+        # broken folders: (name, version) -> their mtime when they failed, and why (no paths)
+        self._rejected: dict[tuple[str, str], float] = {}
+        self._reasons: dict[tuple[str, str], str] = {}
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
         # (name, version) -> its manifest and warmed classifier, being built by preload()
@@ -197,14 +198,19 @@ class ModelRegistry:
 
     # -- loading --------------------------------------------------------------------------------
     def _build_parts(self, name: str, version: str) -> tuple[Manifest, Classifier]:
-        if self.torch_backend:
-            classifier = load_classifier(self.settings)
-            manifest = torch_manifest(classifier, self.settings.model)
-        else:
-            folder = self.repository.root / name / version
-            manifest = load_manifest(folder)
-            classifier = load_onnx_classifier(folder, self.settings, manifest)
-        classifier.classify(WARMUP_TEXTS)  # warm: first runs allocate and pick kernels
+        try:
+            if self.torch_backend:
+                classifier = load_classifier(self.settings)
+                manifest = torch_manifest(classifier, self.settings.model)
+            else:
+                folder = self.repository.root / name / version
+                manifest = load_manifest(folder)
+                classifier = load_onnx_classifier(folder, self.settings, manifest)
+            classifier.classify(WARMUP_TEXTS)  # warm: first runs allocate and pick kernels
+        except SentistreamError:
+            raise
+        except Exception as exc:  # a library's own error (tokenizer file, ...): a broken version
+            raise ModelLoadError(f"{name}:{version} cannot be loaded: {exc}") from exc
         return manifest, classifier
 
     def _assemble(
@@ -246,7 +252,7 @@ class ModelRegistry:
                     try:
                         model = await self._load(name, version)
                     except SentistreamError as exc:
-                        self._rejected[(name, version)] = stamp
+                        self._reject(name, version, stamp, exc)
                         changes["rejected"].append(f"{name}:{version}")
                         log.error(
                             "rejected model %s:%s: %s",
@@ -278,20 +284,56 @@ class ModelRegistry:
             served = self._models.get(name, {})
             if version in served or (version is None and served):
                 return served[version or max(served, key=int)]
-            raise InvalidInputError(
-                f"the torch backend serves one model, {':'.join(self.torch_ref)}; loading, "
-                "rolling back or refreshing repository models needs --backend onnx"
-            )
+            raise self._torch_serves_one()
         version = version or self.repository.resolve(name).name
         async with self._lock:
-            current = self._models.setdefault(name, {})
-            if version in current:
-                return current[version]
+            return await self._load_locked(name, version)
+
+    async def _load_locked(self, name: str, version: str) -> LoadedModel:
+        """Serve NAME:VERSION alongside what is served; the caller holds the lock. A version
+        that fails is remembered with its reason (the repository index shows it)."""
+        current = self._models.get(name, {})
+        if version in current:
+            return current[version]
+        stamp = _mtime(self.repository.root / name / version)
+        try:
             model = await self._load(name, version)
-            current[version] = model
-            self._policy.setdefault(name, version)
-            self._rejected.pop((name, version), None)
-            return model
+        except SentistreamError as exc:
+            self._reject(name, version, stamp, exc)
+            raise
+        self._models.setdefault(name, {})[version] = model
+        self._policy.setdefault(name, version)
+        self._rejected.pop((name, version), None)
+        self._reasons.pop((name, version), None)
+        return model
+
+    def _reject(self, name: str, version: str, stamp: float, exc: SentistreamError) -> None:
+        self._rejected[(name, version)] = stamp
+        self._reasons[(name, version)] = self.public_message(exc.message)
+
+    def _torch_serves_one(self) -> InvalidInputError:
+        assert self.torch_ref is not None
+        return InvalidInputError(
+            f"the torch backend serves one model, {':'.join(self.torch_ref)}; loading, "
+            "rolling back or refreshing repository models needs --backend onnx"
+        )
+
+    def broken_reason(self, name: str, version: str) -> str | None:
+        """Why NAME:VERSION last failed to load, while its folder is unchanged since."""
+        key = (name, version)
+        if key not in self._reasons:
+            return None
+        if self._rejected.get(key) != _mtime(self.repository.root / name / version):
+            return None
+        return self._reasons[key]
+
+    def public_message(self, message: str) -> str:
+        """``message`` without the repository's location: what a client may read (paths
+        become relative to the repository, e.g. ``tiny/2/model.onnx``)."""
+        root = self.repository.root
+        for path in sorted({str(root.absolute()), str(root)}, key=len, reverse=True):
+            message = message.replace(path + os.sep, "").replace(path, "the model repository")
+        return message
 
     async def unload(self, ref: str) -> list[str]:
         name, version = parse_model_ref(ref)
@@ -309,21 +351,24 @@ class ModelRegistry:
             return [f"{name}:{v}" for v in versions]
 
     async def rollback(self, name: str) -> LoadedModel:
-        """Serve the previous version: pin it and unload the newer ones."""
+        """Serve the previous version: pin it and unload the newer ones. One step under the
+        lock, so an unload or load at the same time runs wholly before or after it."""
         async with self._lock:
             current = self._models.get(name)
             if not current:
                 raise ModelNotFoundError(f"model {name!r} is not loaded")
+            if self.torch_ref is not None:
+                raise self._torch_serves_one()
             newest = max(current, key=int)
             older = [v for v in self.repository.versions(name) if int(v) < int(newest)]
             if not older:
                 raise InvalidInputError(f"model {name!r} has no version older than {newest}")
             target = older[-1]
-        model = await self.load(f"{name}:{target}")
-        async with self._lock:
+            model = await self._load_locked(name, target)
             self._policy[name] = target
-            for v in [v for v in self._models[name] if v != target]:
-                await self._models[name].pop(v).batcher.close(drain=True)
+            current = self._models[name]
+            for v in [v for v in current if v != target]:
+                await current.pop(v).batcher.close(drain=True)
         log.info("rolled back %s to version %s", name, target)
         return model
 

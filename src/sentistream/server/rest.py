@@ -12,8 +12,7 @@ import hmac
 import json
 import logging
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -27,6 +26,13 @@ from sentistream.config import Settings
 from sentistream.errors import InvalidInputError, SentistreamError
 from sentistream.monitoring import PROMETHEUS_CONTENT_TYPE, ServerMetrics
 from sentistream.server import convert
+from sentistream.server.limits import (
+    BodyTimeoutError,
+    LimitsAndMetrics,
+    TooLargeError,
+    body_too_slow,
+    too_large,
+)
 from sentistream.server.registry import LoadedModel, ModelRegistry
 
 __all__ = ["ClassifyRequest", "ClassifyResponse", "create_app"]
@@ -84,7 +90,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in [
         (400, "invalid input"),
         (401, "missing or wrong bearer token"),
+        (408, "request body not received in time"),
         (404, "unknown model or version"),
+        (409, "the model version is broken (bad manifest, missing or corrupted file)"),
         (413, "body too large"),
         (429, "server at capacity, retry later"),
         (503, "not ready"),
@@ -93,6 +101,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # Operations without parameters or body can still be refused for the token or the body size.
 NO_INPUT: dict[int | str, dict[str, Any]] = {code: ERRORS[code] for code in (401, 413)}
 
+
+# The rest of the body is never read: the connection closes after the answer.
+_CLOSE = {"Connection": "close"}
 
 # gRPC status-code names for the HTTP errors FastAPI/Starlette raise themselves.
 _HTTP_CODES = {
@@ -114,10 +125,6 @@ def _error(
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
-
-
-def _too_large(limit: int) -> str:
-    return f"request body larger than {limit} bytes"
 
 
 async def _until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
@@ -159,7 +166,7 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
 
     @app.exception_handler(SentistreamError)
     async def _sentistream_error(_: Request, exc: SentistreamError) -> JSONResponse:
-        return _error(exc.http_status, exc.message, exc.grpc_code)
+        return _error(exc.http_status, registry.public_message(exc.message), exc.grpc_code)
 
     @app.exception_handler(_AuthError)
     async def _auth_error(_: Request, __: Exception) -> JSONResponse:
@@ -170,8 +177,12 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
         # Errors FastAPI and Starlette raise themselves (no such route, method not allowed, a
         # body that cannot be parsed) in the same JSON shape as ours. FastAPI reports a body cut
         # off by the size limit (chunked, no Content-Length) as unparsable: it is a 413.
-        if isinstance(exc.__cause__, _TooLarge):
-            return _error(413, _too_large(settings.max_body_bytes), "INVALID_ARGUMENT")
+        # The same for a body that did not arrive in time.
+        if isinstance(exc.__cause__, TooLargeError):
+            return _error(413, too_large(settings.max_body_bytes), "INVALID_ARGUMENT", _CLOSE)
+        if isinstance(exc.__cause__, BodyTimeoutError):
+            message = body_too_slow(settings.http_body_timeout_seconds)
+            return _error(408, message, "INVALID_ARGUMENT", _CLOSE)
         code = _HTTP_CODES.get(exc.status_code, "UNKNOWN")
         return _error(exc.status_code, str(exc.detail), code, dict(exc.headers or {}))
 
@@ -231,8 +242,8 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     async def prometheus() -> Response:
         metrics.ready.set(1 if registry.ready else 0)
-        for m in registry.models():
-            metrics.queue_depth.labels(m.name).set(m.batcher.pending)
+        # From the registry at each scrape: load, unload, rollback and hot reload all show.
+        metrics.set_models((m.name, m.version, m.batcher.pending) for m in registry.models())
         return Response(metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     # -- plain JSON API ----------------------------------------------------------------------------
@@ -381,17 +392,15 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
             return [
                 {"name": n, "version": v, "state": "READY", "reason": ""} for n, v in sorted(served)
             ]
-        return [
-            {
-                "name": r["name"],
-                "version": r["version"],
-                "state": "READY"
-                if (r["name"], r["version"]) in served
-                else ("UNAVAILABLE" if r["valid"] else "BROKEN"),
-                "reason": r["error"] or "",
-            }
-            for r in registry.repository.describe()
-        ]
+        rows = []
+        for r in registry.repository.describe():
+            key = (r["name"], r["version"])
+            # An invalid manifest, or the reason the last load of this folder failed.
+            reason = "" if key in served else r["error"] or registry.broken_reason(*key) or ""
+            state = "READY" if key in served else ("BROKEN" if reason else "UNAVAILABLE")
+            reason = registry.public_message(reason)
+            rows.append({"name": key[0], "version": key[1], "state": state, "reason": reason})
+        return rows
 
     @app.post(
         "/v2/repository/models/{model}/load",
@@ -480,7 +489,7 @@ def create_app(registry: ModelRegistry, metrics: ServerMetrics, settings: Settin
 
     if settings.dashboard:
         _mount_dashboard(app, registry, metrics, settings)
-    app.add_middleware(_LimitsAndMetrics, settings=settings, metrics=metrics, registry=registry)
+    app.add_middleware(LimitsAndMetrics, settings=settings, metrics=metrics)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -536,94 +545,4 @@ def _mount_dashboard(
 
 
 class _AuthError(Exception):
-    pass
-
-
-ASGIApp = Callable[..., Awaitable[None]]
-
-
-class _LimitsAndMetrics:
-    """Pure ASGI middleware: body-size limit (413), request id, access log, request metrics."""
-
-    def __init__(
-        self, app: ASGIApp, settings: Settings, metrics: ServerMetrics, registry: ModelRegistry
-    ) -> None:
-        self.app = app
-        self.limit = settings.max_body_bytes
-        self.metrics = metrics
-        self.registry = registry
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
-        status = {"code": 500}
-        length = headers.get(b"content-length")
-
-        async def send_with_id(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode("latin-1")),
-                ]
-            await send(message)
-
-        received = 0
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal received
-            message: dict[str, Any] = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _TooLarge()
-            return message
-
-        try:
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                raise _TooLarge()
-            await self.app(scope, limited_receive, send_with_id)
-        except _TooLarge:
-            status["code"] = 413
-            body = json.dumps(
-                {"error": _too_large(self.limit), "code": "INVALID_ARGUMENT"}
-            ).encode()
-            await send_with_id(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-        except asyncio.CancelledError:
-            status["code"] = 499  # client closed the request
-        finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            elapsed = time.perf_counter() - started
-            self.metrics.requests.labels("http", endpoint, str(status["code"])).inc()
-            self.metrics.request_seconds.labels("http", endpoint).observe(elapsed)
-            log.info(
-                "%s %s %s",
-                scope.get("method"),
-                scope.get("path"),
-                status["code"],
-                extra={
-                    "request_id": request_id,
-                    "status": status["code"],
-                    "ms": round(elapsed * 1000, 3),
-                    "endpoint": endpoint,
-                },
-            )
-
-
-class _TooLarge(Exception):
     pass

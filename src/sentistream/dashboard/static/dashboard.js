@@ -1,5 +1,7 @@
 // sentistream dashboard. Posts are untrusted: every value from a record reaches the page
-// through textContent, element attributes or CSSOM properties, never as HTML.
+// through textContent, element attributes or CSSOM properties, never as HTML; and each is shown
+// in its own <bdi> (or an element styled unicode-bidi: isolate), so a U+202E in a post cannot
+// turn the text around it.
 "use strict";
 
 (function () {
@@ -30,6 +32,13 @@
     const node = document.createElement(tag);
     if (cls) node.className = cls;
     if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+
+  // An untrusted value as isolated text: its direction controls stay inside.
+  function u(text) {
+    const node = document.createElement("bdi");
+    node.textContent = String(text);
     return node;
   }
 
@@ -83,19 +92,27 @@
     item.style.borderLeftColor = colour(label);
     item.appendChild(el("div", "post-text", rec.text === undefined ? "" : rec.text));
     const meta = el("div", "post-meta");
-    const lab = el("span", "post-label", label + " " + fmt(rec.score, 3));
+    const lab = el("span", "post-label");
+    lab.append(u(label), " " + fmt(rec.score, 3));
     lab.style.color = colour(label);
     meta.appendChild(lab);
     if (rec.scores && typeof rec.scores === "object") {
-      const parts = Object.entries(rec.scores).map(([k, v]) => k + " " + fmt(v, 2));
-      meta.appendChild(el("span", "post-scores", parts.join(" · ")));
+      const scores = el("span", "post-scores");
+      Object.entries(rec.scores).forEach(([k, v], i) => {
+        scores.append(i ? " · " : "", u(k), " " + fmt(v, 2));
+      });
+      meta.appendChild(scores);
     }
     for (const [task, value] of Object.entries(tasks)) {
       if (value && typeof value === "object") {
-        meta.appendChild(el("span", "post-task", task + ": " + String(value.label) + " " + fmt(value.score, 2)));
+        const span = el("span", "post-task");
+        span.append(u(task), ": ", u(value.label), " " + fmt(value.score, 2));
+        meta.appendChild(span);
       }
     }
-    meta.appendChild(el("span", "post-id", "id " + String(rec.id)));
+    const id = el("span", "post-id");
+    id.append("id ", u(rec.id));
+    meta.appendChild(id);
     if (typeof rec.processed_at === "string") meta.appendChild(el("span", "post-time", rec.processed_at));
     item.appendChild(meta);
     item.hidden = !matches(item);
@@ -140,7 +157,7 @@
       const [task, label] = key.split("\u0000");
       const tr = el("tr");
       const name = task === "primary" && state.primaryTask ? state.primaryTask : task;
-      tr.append(el("td", null, name), el("td", null, label), el("td", null, n));
+      tr.append(el("td", null, name), el("td", null, label), el("td", null, n));  // cells isolate (CSS)
       return tr;
     }));
   }
@@ -150,7 +167,7 @@
       const item = el("span");
       const sw = el("span", "swatch");
       sw.style.background = colour(label);
-      item.append(sw, document.createTextNode(label));
+      item.append(sw, u(label));
       return item;
     }));
   }
@@ -207,8 +224,9 @@
   // -- stats -------------------------------------------------------------------------------
   function onStats(s) {
     const model = s.model || {};
-    $("model").textContent = "model: " + String(model.name || "?") + " v" + String(model.version || "?");
-    $("feed-name").textContent = s.feed ? "feed: " + String(s.feed) : "feed: none (server stats only)";
+    $("model").replaceChildren("model: ", u(model.name || "?"), " v", u(model.version || "?"));
+    if (s.feed) $("feed-name").replaceChildren("feed: ", u(s.feed));
+    else $("feed-name").textContent = "feed: none (server stats only)";
     $("processed").textContent = String(s.processed || 0);
     const now = performance.now();
     if (state.lastStats && typeof s.processed === "number") {
