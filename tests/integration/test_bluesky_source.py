@@ -213,7 +213,10 @@ def test_malformed_events_become_bad_envelopes(sample: list[str]) -> None:
     assert len(errors) == len(bad)
     for env, (raw, reason) in zip(errors, bad.items(), strict=True):
         assert env.post is None and reason in (env.error or "")
-        assert env.raw == (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+        # bytes that are not UTF-8 are kept as \xNN escapes, never repaired to U+FFFD
+        assert env.raw == (
+            raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+        )
     good = {env.post.id for env in envelopes if env.post is not None}
     assert good == set(creates(sample))
 

@@ -1,9 +1,12 @@
-"""Bounded line splitting."""
+"""Bounded line splitting and safe copies of refused payloads."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from sentistream.stream.base import RAW_COPY_CHARS, Envelope, raw_copy
 from sentistream.stream.lines import Line, LineSplitter
 
 
@@ -37,3 +40,18 @@ def test_a_line_of_exactly_the_limit_is_kept_whole() -> None:
         Line(2, b"y" * 8, 8),
     ]
     assert split([b""], limit=8) == []
+
+
+def test_raw_copy_escapes_bad_bytes_and_never_cuts_into_json() -> None:
+    assert raw_copy(b'{"text": "caf\xe9"}') == '{"text": "caf\\xe9"}'  # not U+FFFD
+    assert raw_copy(b'{"text": "caf\xc3\xa9"}') == '{"text": "café"}'
+    valid_prefix = '{"id": "t1", "text": "cut"}' + " " * RAW_COPY_CHARS + "garbage"
+    copy = raw_copy(valid_prefix)
+    assert copy.startswith('{"id": "t1"') and copy.endswith("more characters]")
+    assert len(copy) < RAW_COPY_CHARS + 60
+    with pytest.raises(ValueError):
+        json.loads(copy)
+    inside_string = '{"id": "t2", "text": "' + "y" * RAW_COPY_CHARS + '"}'
+    with pytest.raises(ValueError):
+        json.loads(raw_copy(inside_string))
+    assert Envelope.bad(b"\xff", "why").raw == "\\xff"

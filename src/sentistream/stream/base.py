@@ -15,7 +15,9 @@ from typing import Protocol
 
 from sentistream.schemas import Post
 
-__all__ = ["Envelope", "Source"]
+__all__ = ["RAW_COPY_CHARS", "Envelope", "Source", "raw_copy"]
+
+RAW_COPY_CHARS = 10_000
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,19 @@ class Envelope:
     def bad(
         cls, raw: str | bytes, error: str, ack_id: str | None = None, deliveries: int = 1
     ) -> Envelope:
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        return cls(post=None, raw=text[:10_000], error=error, ack_id=ack_id, deliveries=deliveries)
+        """A refused record; ``raw`` is kept as :func:`raw_copy` makes it."""
+        return cls(post=None, raw=raw_copy(raw), error=error, ack_id=ack_id, deliveries=deliveries)
+
+
+def raw_copy(raw: str | bytes, limit: int = RAW_COPY_CHARS) -> str:
+    """A copy of a refused payload that is safe to store and show: bytes that are not UTF-8
+    become ``\\xNN`` escapes (never U+FFFD, which would make the copy look valid), and a payload
+    longer than ``limit`` characters is cut and marked, so the copy never parses as JSON (a cut
+    line could otherwise turn into a valid post)."""
+    text = raw.decode("utf-8", errors="backslashreplace") if isinstance(raw, bytes) else raw
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} ...[cut: {len(text) - limit} more characters]"
 
 
 class Source(Protocol):
