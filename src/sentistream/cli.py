@@ -327,8 +327,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if url is not None:  # publish too: the same pipeline as `sentistream stream`
         import asyncio
 
+        from sentistream.stream.redis_probe import probe
         from sentistream.stream.run import run_stream
 
+        asyncio.run(probe(url))  # unreachable: one line, exit 2, before the banner
         settings = settings.model_copy(update={"redis_url": SecretStr(url)})
         print(
             f"publishing to Redis channel {settings.output_channel!r} and stream "
@@ -994,7 +996,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except SentistreamError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -8,12 +8,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sentistream.config import Settings
-from sentistream.errors import InvalidInputError, UnavailableError
+from sentistream.errors import InvalidInputError
 from sentistream.stream.base import Envelope, Source
+from sentistream.stream.redis_probe import probe, redis_errors
 
 __all__ = ["ingest", "make_source", "run_stream", "subscribe"]
 
@@ -91,18 +93,18 @@ async def run_stream(
     pretty: bool,
     also_stdout: bool = False,
 ) -> dict[str, Any]:
+    """Run the stream worker until its source ends or SIGTERM/SIGINT; returns its summary.
+    With a Redis URL, Redis is checked first: unreachable, or refusing the login, the command
+    fails at once with one line naming host:port (exit 2)."""
     from sentistream.runtime import load_classifier
     from sentistream.stream.redis_io import RedisSink, connect
     from sentistream.stream.sinks import JsonlSink
     from sentistream.stream.worker import StreamWorker
 
     url = _redis_url(settings)
+    if url is not None:
+        await probe(url)
     client = connect(url) if url else None
-    if client is not None:
-        try:
-            await client.ping()
-        except Exception as exc:
-            raise UnavailableError(f"cannot reach Redis: {type(exc).__name__}") from None
     classifier: Any
     if settings.model_url:
         from sentistream.repository import parse_model_ref
@@ -167,7 +169,10 @@ async def run_stream(
         else None
     )
     try:
-        return await worker.run()
+        if url is None:
+            return await worker.run()
+        async with redis_errors(url):
+            return await worker.run()
     finally:
         if http is not None:
             http[0].should_exit = True
@@ -268,26 +273,28 @@ async def ingest(
     url = _redis_url(settings)
     if not url:
         raise InvalidInputError("ingest needs --redis-url")
+    await probe(url)
     client = connect(url)
     source = make_source(source_kind, settings, input_path=input_path, rate=rate, loop=loop)
     count = 0
     last_flush = asyncio.get_running_loop().time()
     pipe = client.pipeline(transaction=False)
     try:
-        async for env in source.stream():
-            pipe.xadd(
-                settings.input_stream,
-                {"data": _payload(env)},
-                maxlen=settings.input_maxlen,
-                approximate=True,
-            )
-            count += 1
-            now = asyncio.get_running_loop().time()
-            # Send every 500 posts, and at least every 200 ms so a slow source is not held back.
-            if count % 500 == 0 or now - last_flush > 0.2:
-                await pipe.execute()
-                last_flush = now
-        await pipe.execute()
+        async with redis_errors(url):
+            async for env in source.stream():
+                pipe.xadd(
+                    settings.input_stream,
+                    {"data": _payload(env)},
+                    maxlen=settings.input_maxlen,
+                    approximate=True,
+                )
+                count += 1
+                now = asyncio.get_running_loop().time()
+                # Every 500 posts, and at least every 200 ms: a slow source is not held back.
+                if count % 500 == 0 or now - last_flush > 0.2:
+                    await pipe.execute()
+                    last_flush = now
+            await pipe.execute()
     finally:
         await client.aclose()
     return {"ingested": count}
@@ -319,6 +326,7 @@ async def subscribe(
     url = _redis_url(settings)
     if not url:
         raise InvalidInputError("subscribe needs --redis-url")
+    await probe(url)
     client = connect(url)
     shown = 0
 
@@ -335,16 +343,23 @@ async def subscribe(
         return limit is not None and shown >= limit
 
     try:
-        pubsub = client.pubsub()
-        await pubsub.subscribe(settings.output_channel)
-        if replay_from is not None:
-            entries: Any = await client.xrange(settings.output_stream, min=replay_from)
-            for _, fields in entries:
-                if show(fields[b"data"]):
-                    return
-        async for message in pubsub.listen():
-            if message["type"] == "message" and show(message["data"]):
-                return
+        async with redis_errors(url):
+            await _follow(client, settings, replay_from, show)
     finally:
         await client.aclose()
         sys.stdout.flush()
+
+
+async def _follow(
+    client: Any, settings: Settings, replay_from: str | None, show: Callable[[Any], bool]
+) -> None:
+    pubsub = client.pubsub()
+    await pubsub.subscribe(settings.output_channel)
+    if replay_from is not None:
+        entries: Any = await client.xrange(settings.output_stream, min=replay_from)
+        for _, fields in entries:
+            if show(fields[b"data"]):
+                return
+    async for message in pubsub.listen():
+        if message["type"] == "message" and show(message["data"]):
+            return
