@@ -68,6 +68,8 @@ _STREAM_FLAGS = (
     "rate",
     "loop",
     "model_url",
+    "jetstream_rewind_seconds",
+    "x_backfill",
 )
 _SETTING_FLAGS = (
     "model_repository",
@@ -175,6 +177,17 @@ def _add_source_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", dest="input_path", type=Path, help="JSONL/TXT for --source file")
     p.add_argument("--rate", type=float, help="posts per second (0: no limit)")
     p.add_argument("--loop", action="store_const", const=True, help="replay the file forever")
+    p.add_argument(
+        "--jetstream-rewind-seconds",
+        type=float,
+        help="bluesky: seconds taken off the cursor when resuming (default 5)",
+    )
+    p.add_argument(
+        "--x-backfill",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="x: ask for backfill_minutes (1-5) after a reconnect or restart (Enterprise access)",
+    )
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:

@@ -281,6 +281,19 @@ class Settings(BaseModel):
         "stream length kept by `ingest` (XADD MAXLEN ~): acknowledged "
         "entries do not pile up forever under `noeviction`.",
     )
+    jetstream_rewind_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Bluesky: seconds taken off the Jetstream cursor when resuming (after a "
+        "reconnect or a restart), as Jetstream recommends for gapless playback; the replayed "
+        "posts are deduplicated by id.",
+    )
+    x_backfill: bool = Field(
+        False,
+        description="X: ask the filtered stream for backfill_minutes (the minutes missed, 1 to "
+        "5) after a reconnect or an ingest restart. Needs X Enterprise access; without it, "
+        "posts published while disconnected are lost. Gaps over 5 minutes lose the rest.",
+    )
     output_maxlen: int = Field(
         1_000_000, ge=1, description="Approximate cap on the results stream length (XADD MAXLEN ~)."
     )

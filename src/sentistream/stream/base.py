@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sentistream.schemas import Post
 
-__all__ = ["RAW_COPY_CHARS", "Envelope", "Source", "raw_copy"]
+__all__ = ["RAW_COPY_CHARS", "Envelope", "Resumable", "Source", "raw_copy"]
 
 RAW_COPY_CHARS = 10_000
 
@@ -65,4 +65,19 @@ class Source(Protocol):
 
     async def close(self) -> None:
         """Stop: ``stream`` ends soon after."""
+        ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A live source that can go on where an earlier run stopped (``ingest`` stores the
+    checkpoint in Redis in the same transaction as the posts it covers)."""
+
+    def checkpoint(self) -> str | None:
+        """Where the source stands: every record up to here has been yielded (None: nothing
+        yet). Read it between two records."""
+        ...
+
+    def resume(self, checkpoint: str) -> None:
+        """Start from a checkpoint of an earlier run; call before :meth:`Source.stream`."""
         ...

@@ -70,6 +70,7 @@ def make_source(
             token,
             base_url=os.environ.get("SENTISTREAM_X_BASE_URL", "https://api.x.com"),
             rules=rules or None,
+            backfill=settings.x_backfill,
         )
     if kind == "bluesky":
         from sentistream.stream.bluesky_source import JetstreamSource
@@ -78,7 +79,11 @@ def make_source(
             "SENTISTREAM_JETSTREAM_URL", "wss://jetstream2.us-east.bsky.network/subscribe"
         )
         langs = {x for x in os.environ.get("SENTISTREAM_LANGUAGES", "").split(",") if x}
-        return JetstreamSource(url=url, languages=langs or None)
+        return JetstreamSource(
+            url=url,
+            languages=langs or None,
+            rewind_us=round(settings.jetstream_rewind_seconds * 1_000_000),
+        )
     raise InvalidInputError(f"unknown source {kind!r}")
 
 
