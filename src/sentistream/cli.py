@@ -70,6 +70,7 @@ _STREAM_FLAGS = (
     "model_url",
     "jetstream_rewind_seconds",
     "x_backfill",
+    "ingest_flush_ms",
 )
 _SETTING_FLAGS = (
     "model_repository",
@@ -218,9 +219,11 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     import asyncio
 
+    from sentistream.server.logs import configure_logging
     from sentistream.stream.run import ingest
 
     settings = _settings(args)
+    configure_logging(settings.log_level, "text")
     summary = asyncio.run(
         ingest(
             settings,
@@ -958,6 +961,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="push a source into the input Redis Stream")
     _add_source_flags(p)
+    p.add_argument(
+        "--ingest-flush-ms",
+        type=float,
+        help="longest wait of a post in ingest's buffer before it is written (default 200)",
+    )
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _add_stream_flags(p)
     p.set_defaults(func=_cmd_ingest)
 

@@ -281,6 +281,27 @@ class Settings(BaseModel):
         "stream length kept by `ingest` (XADD MAXLEN ~): acknowledged "
         "entries do not pile up forever under `noeviction`.",
     )
+    ingest_flush_ms: float = Field(
+        200.0,
+        gt=0,
+        description="`ingest`: longest time a post waits in ingest's buffer before it is written "
+        "to the input stream (a full buffer of 500 posts is written at once). A quiet live "
+        "source never holds posts back longer; SIGTERM/SIGINT write the buffer before exit.",
+    )
+    ingest_dedup_seconds: int = Field(
+        3600,
+        ge=0,
+        description="`ingest` from X or Bluesky: a post id pushed within this window is not "
+        "pushed again (the posts a resumed Jetstream cursor or an X backfill replays); the "
+        "worker's own dedup catches any that get through. 0: off.",
+    )
+    ingest_checkpoint_key: str = Field(
+        "",
+        description="`ingest` from X or Bluesky: Redis key of the resume point (Jetstream "
+        "cursor, time of the last X post), written in the same transaction as the posts it "
+        "covers. Empty: '<input_stream>:checkpoint:<source>'. Give each ingest of the same "
+        "source into the same stream its own key.",
+    )
     jetstream_rewind_seconds: float = Field(
         5.0,
         ge=0,

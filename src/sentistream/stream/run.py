@@ -14,7 +14,7 @@ from typing import Any
 
 from sentistream.config import Settings
 from sentistream.errors import InvalidInputError
-from sentistream.stream.base import Envelope, Source
+from sentistream.stream.base import Resumable, Source
 from sentistream.stream.redis_probe import probe, redis_errors
 
 __all__ = ["ingest", "make_source", "run_stream", "subscribe"]
@@ -270,55 +270,38 @@ def _start_http(worker: Any, metrics: Any, settings: Settings, feed: Any = None)
 
 async def ingest(
     settings: Settings, *, source_kind: str, input_path: Path | None, rate: float, loop: bool
-) -> dict[str, int]:
-    """Push a source into the input stream. File lines go in as they are (a malformed line is
-    the worker's to dead-letter); live sources push the normalised post."""
+) -> dict[str, Any]:
+    """Push a source into the input stream until it ends (a file) or SIGTERM/SIGINT; returns
+    the summary (see :mod:`sentistream.stream.ingest`)."""
+    from sentistream.stream.ingest import Ingest, install_signal_handlers
     from sentistream.stream.redis_io import connect
 
     url = _redis_url(settings)
     if not url:
         raise InvalidInputError("ingest needs --redis-url")
     await probe(url)
-    client = connect(url)
     source = make_source(source_kind, settings, input_path=input_path, rate=rate, loop=loop)
-    count = 0
-    last_flush = asyncio.get_running_loop().time()
-    pipe = client.pipeline(transaction=False)
+    live = isinstance(source, Resumable)
+    client = connect(url)
     try:
         async with redis_errors(url):
-            async for env in source.stream():
-                pipe.xadd(
-                    settings.input_stream,
-                    {"data": _payload(env)},
-                    maxlen=settings.input_maxlen,
-                    approximate=True,
-                )
-                count += 1
-                now = asyncio.get_running_loop().time()
-                # Every 500 posts, and at least every 200 ms: a slow source is not held back.
-                if count % 500 == 0 or now - last_flush > 0.2:
-                    await pipe.execute()
-                    last_flush = now
-            await pipe.execute()
+            job = Ingest(
+                client,
+                source,
+                stream=settings.input_stream,
+                dead_letter_stream=settings.dead_letter_stream,
+                maxlen=settings.input_maxlen,
+                flush_seconds=settings.ingest_flush_ms / 1000,
+                checkpoint_key=settings.ingest_checkpoint_key
+                or f"{settings.input_stream}:checkpoint:{source.name}",
+                dedup_seconds=settings.ingest_dedup_seconds if live else 0,
+                dedup_prefix=f"{settings.input_stream}:ingested:",
+            )
+            await job.resume()
+            install_signal_handlers(job)
+            return await job.run()
     finally:
         await client.aclose()
-    return {"ingested": count}
-
-
-def _payload(env: Envelope) -> str:
-    if env.post is None or env.raw.lstrip().startswith("{"):
-        return env.raw
-    p = env.post
-    return json.dumps(
-        {
-            "id": p.id,
-            "text": p.text,
-            "created_at": p.created_at,
-            "lang": p.lang,
-            "source": p.source,
-        },
-        ensure_ascii=False,
-    )
 
 
 async def subscribe(
