@@ -148,7 +148,7 @@ def ingest(url: str, posts_file: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"ingest failed ({proc.returncode}): {proc.stderr[-2000:]}")
     summary = json.loads(proc.stderr.strip().splitlines()[-1])
-    return {"wall_s": round(wall, 3), "ingested": summary["ingested"]}
+    return {"wall_s": round(wall, 3), "ingested": summary["pushed"]}
 
 
 def group_done(client: redis.Redis, n: int) -> bool:

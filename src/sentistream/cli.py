@@ -71,6 +71,9 @@ _STREAM_FLAGS = (
     "rate",
     "loop",
     "model_url",
+    "jetstream_rewind_seconds",
+    "x_backfill",
+    "ingest_flush_ms",
 )
 _SETTING_FLAGS = (
     "model_repository",
@@ -178,6 +181,17 @@ def _add_source_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", dest="input_path", type=Path, help="JSONL/TXT for --source file")
     p.add_argument("--rate", type=float, help="posts per second (0: no limit)")
     p.add_argument("--loop", action="store_const", const=True, help="replay the file forever")
+    p.add_argument(
+        "--jetstream-rewind-seconds",
+        type=float,
+        help="bluesky: seconds taken off the cursor when resuming (default 5)",
+    )
+    p.add_argument(
+        "--x-backfill",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="x: ask for backfill_minutes (1-5) after a reconnect or restart (Enterprise access)",
+    )
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
@@ -208,9 +222,11 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     import asyncio
 
+    from sentistream.server.logs import configure_logging
     from sentistream.stream.run import ingest
 
     settings = _settings(args)
+    configure_logging(settings.log_level, "text")
     summary = asyncio.run(
         ingest(
             settings,
@@ -330,8 +346,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if url is not None:  # publish too: the same pipeline as `sentistream stream`
         import asyncio
 
+        from sentistream.stream.redis_probe import probe
         from sentistream.stream.run import run_stream
 
+        asyncio.run(probe(url))  # unreachable: one line, exit 2, before the banner
         settings = settings.model_copy(update={"redis_url": SecretStr(url)})
         print(
             f"publishing to Redis channel {settings.output_channel!r} and stream "
@@ -949,6 +967,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="push a source into the input Redis Stream")
     _add_source_flags(p)
+    p.add_argument(
+        "--ingest-flush-ms",
+        type=float,
+        help="longest wait of a post in ingest's buffer before it is written (default 200)",
+    )
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _add_stream_flags(p)
     p.set_defaults(func=_cmd_ingest)
 
@@ -1000,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except SentistreamError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

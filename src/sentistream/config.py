@@ -303,6 +303,40 @@ class Settings(BaseModel):
         "stream length kept by `ingest` (XADD MAXLEN ~): acknowledged "
         "entries do not pile up forever under `noeviction`.",
     )
+    ingest_flush_ms: float = Field(
+        200.0,
+        gt=0,
+        description="`ingest`: longest time a post waits in ingest's buffer before it is written "
+        "to the input stream (a full buffer of 500 posts is written at once). A quiet live "
+        "source never holds posts back longer; SIGTERM/SIGINT write the buffer before exit.",
+    )
+    ingest_dedup_seconds: int = Field(
+        3600,
+        ge=0,
+        description="`ingest` from X or Bluesky: a post id pushed within this window is not "
+        "pushed again (the posts a resumed Jetstream cursor or an X backfill replays); the "
+        "worker's own dedup catches any that get through. 0: off.",
+    )
+    ingest_checkpoint_key: str = Field(
+        "",
+        description="`ingest` from X or Bluesky: Redis key of the resume point (Jetstream "
+        "cursor, time of the last X post), written in the same transaction as the posts it "
+        "covers. Empty: '<input_stream>:checkpoint:<source>'. Give each ingest of the same "
+        "source into the same stream its own key.",
+    )
+    jetstream_rewind_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="Bluesky: seconds taken off the Jetstream cursor when resuming (after a "
+        "reconnect or a restart), as Jetstream recommends for gapless playback; the replayed "
+        "posts are deduplicated by id.",
+    )
+    x_backfill: bool = Field(
+        False,
+        description="X: ask the filtered stream for backfill_minutes (the minutes missed, 1 to "
+        "5) after a reconnect or an ingest restart. Needs X Enterprise access; without it, "
+        "posts published while disconnected are lost. Gaps over 5 minutes lose the rest.",
+    )
     output_maxlen: int = Field(
         1_000_000, ge=1, description="Approximate cap on the results stream length (XADD MAXLEN ~)."
     )

@@ -13,6 +13,7 @@ __all__ = [
     "OverloadedError",
     "SentistreamError",
     "UnavailableError",
+    "UnreachableError",
 ]
 
 
@@ -21,6 +22,7 @@ class SentistreamError(Exception):
 
     http_status: int = 500
     grpc_code: str = "INTERNAL"
+    exit_code: int = 1  # of the CLI command that fails with it
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -64,3 +66,11 @@ class UnavailableError(SentistreamError):
 
     http_status = 503
     grpc_code = "UNAVAILABLE"
+
+
+class UnreachableError(UnavailableError):
+    """A service a command cannot work without (Redis) is unreachable or refuses our login.
+
+    The CLI exits 2 with one line naming the address (never the credentials)."""
+
+    exit_code = 2

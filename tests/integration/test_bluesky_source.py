@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from sentistream.errors import InvalidInputError, UnavailableError
 from sentistream.stream.base import Envelope, Source
@@ -63,7 +65,13 @@ class FakeJetstream:
     """Jetstream-like server: honours ``wantedCollections`` and ``cursor`` (replaying events with
     ``time_us >= cursor``, as Jetstream does), aborts the first ``drops`` connections after
     ``drop_after`` messages, then ends the stream with a normal close (or holds it open with
-    ``hold_open``)."""
+    ``hold_open``).
+
+    With ``publish_interval`` it is live instead: from the first connection on, it publishes
+    one event every ``publish_interval`` seconds, stamped with the wall clock as ``time_us``
+    (like Jetstream), whether or not anyone is connected. A connection without a cursor gets
+    what is published after it connects (live tail); with a cursor, every published event with
+    ``time_us >= cursor`` first, then the live tail. It stays open until the client leaves."""
 
     def __init__(
         self,
@@ -73,6 +81,7 @@ class FakeJetstream:
         drops: int = 1,
         hold_open: bool = False,
         filter_collections: bool = True,
+        publish_interval: float | None = None,
     ) -> None:
         self.events: list[tuple[int, str | None, str | bytes]] = []
         last = 0
@@ -89,6 +98,47 @@ class FakeJetstream:
         self.filter_collections = filter_collections
         self.queries: list[str] = []
         self.drops_left = drops
+        self.publish_interval = publish_interval
+        self.published: list[tuple[int, str | None, str | bytes]] = []
+        self.sent = 0  # messages sent, all connections together
+        self._publisher: asyncio.Task[None] | None = None
+
+    @property
+    def done_publishing(self) -> bool:
+        return len(self.published) == len(self.events)
+
+    async def _publish(self) -> None:
+        assert self.publish_interval is not None
+        for _, collection, raw in self.events:
+            time_us = time.time_ns() // 1000
+            if self.published:
+                time_us = max(time_us, self.published[-1][0] + 1)
+            event = json.loads(raw)
+            event["time_us"] = time_us
+            self.published.append((time_us, collection, json.dumps(event)))
+            await asyncio.sleep(self.publish_interval)
+
+    async def _live(self, ws: ServerConnection, cursor: int | None, wanted: set[str]) -> None:
+        if self._publisher is None:
+            self._publisher = asyncio.create_task(self._publish())
+        if cursor is None:
+            i = len(self.published)
+        else:
+            i = next(
+                (k for k, ev in enumerate(self.published) if ev[0] >= cursor), len(self.published)
+            )
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                while i < len(self.published):
+                    _, collection, raw = self.published[i]
+                    i += 1
+                    if wanted and collection not in (None, *wanted):
+                        continue
+                    await ws.send(raw)
+                    self.sent += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ws.wait_closed(), 0.005)
+                    return  # the client left
 
     async def handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -97,6 +147,9 @@ class FakeJetstream:
         params = parse_qs(query)
         wanted = set(params.get("wantedCollections", []))
         cursor = int(params["cursor"][0]) if "cursor" in params else None
+        if self.publish_interval is not None:
+            await self._live(ws, cursor, wanted if self.filter_collections else set())
+            return
         sent = 0
         for time_us, collection, raw in self.events:
             if cursor is not None and time_us < cursor:
@@ -105,6 +158,7 @@ class FakeJetstream:
                 continue
             await ws.send(raw)
             sent += 1
+            self.sent += 1
             if self.drops_left and self.drop_after is not None and sent >= self.drop_after:
                 self.drops_left -= 1
                 ws.transport.abort()  # a network drop: no close frame
@@ -115,8 +169,12 @@ class FakeJetstream:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[str]:
         port = free_port()
-        async with serve(self.handler, "127.0.0.1", port):
-            yield f"ws://127.0.0.1:{port}/subscribe"
+        try:
+            async with serve(self.handler, "127.0.0.1", port):
+                yield f"ws://127.0.0.1:{port}/subscribe"
+        finally:
+            if self._publisher is not None:
+                self._publisher.cancel()
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
@@ -213,7 +271,10 @@ def test_malformed_events_become_bad_envelopes(sample: list[str]) -> None:
     assert len(errors) == len(bad)
     for env, (raw, reason) in zip(errors, bad.items(), strict=True):
         assert env.post is None and reason in (env.error or "")
-        assert env.raw == (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+        # bytes that are not UTF-8 are kept as \xNN escapes, never repaired to U+FFFD
+        assert env.raw == (
+            raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+        )
     good = {env.post.id for env in envelopes if env.post is not None}
     assert good == set(creates(sample))
 
@@ -326,3 +387,17 @@ def test_source_protocol_and_url() -> None:
     run(source.ack([Envelope.bad("x", "y")]))
     with pytest.raises(InvalidInputError):
         JetstreamSource("https://example.com/subscribe")
+
+
+def test_checkpoint_resume_and_rewind() -> None:
+    """The checkpoint is the last time_us seen; a resumed source asks for it less the rewind
+    (Jetstream's cursor is inclusive and rewinding a few seconds gives gapless playback)."""
+    source = JetstreamSource("ws://localhost:1/subscribe", rewind_us=5_000_000)
+    assert source.checkpoint() is None
+    assert "cursor" not in source.subscribe_url()  # nothing stored: live tail
+    source.resume("1762000000000228")
+    assert source.checkpoint() == "1762000000000228"
+    assert source.subscribe_url().endswith("&cursor=1761999995000228")
+    for junk in ("soon", "-5", ""):
+        with pytest.raises(InvalidInputError, match="not a Jetstream cursor"):
+            source.resume(junk)

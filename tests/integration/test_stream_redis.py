@@ -441,7 +441,7 @@ def test_redis_password_never_appears_in_logs_or_errors(tmp_path: Path, tiny_rep
             text=True,
             timeout=60,
         )
-        assert wrong.returncode == 1 and "cannot reach Redis" in wrong.stderr, wrong.stderr
+        assert wrong.returncode == 2 and "refused the login" in wrong.stderr, wrong.stderr
     for text in (out.decode(), err.decode(), wrong.stdout, wrong.stderr):
         assert secret not in text
     assert "redis unavailable" in err.decode()

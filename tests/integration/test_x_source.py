@@ -4,7 +4,10 @@ The fake speaks minimal HTTP/1.1 over ``asyncio.start_server`` (chunked transfer
 the stream, keep-alive connections for the rest), replays the shared sample wire data line by
 line including keep-alive blank lines, can drop the connection mid-stream and resume where it
 stopped on the next connection (X does not replay), answers 401 for a wrong bearer token,
-fails the first connections with chosen statuses, and implements the rules endpoints.
+fails the first connections with chosen statuses, and implements the rules endpoints. With
+``publish_interval`` it is live instead: it publishes a post every so often from the first
+connection on, connected or not, and honours ``backfill_minutes`` (the posts published in the
+last N minutes first, duplicates included, as X does).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,7 +24,12 @@ import pytest
 
 from sentistream.errors import UnavailableError
 from sentistream.stream.base import Envelope
-from sentistream.stream.x_source import XFilteredStreamSource, backoff_delay
+from sentistream.stream.x_source import (
+    BACKFILL_MAX_MINUTES,
+    XFilteredStreamSource,
+    backfill_minutes,
+    backoff_delay,
+)
 from sentistream.testing import free_port
 
 pytestmark = pytest.mark.integration
@@ -72,13 +81,14 @@ class FakeX:
         lines: list[str],
         *,
         disconnect_after: int | None = None,
-        inject: dict[int, list[str]] | None = None,
+        inject: dict[int, list[str | bytes]] | None = None,
         fail_first: list[int] | None = None,
         rules: list[dict[str, str]] | None = None,
         hold: str | None = None,  # after the feed: "keepalive" (every 50 ms) or "silent"
+        publish_interval: float | None = None,
     ) -> None:
         self.port = free_port()
-        self.feed: list[str] = []
+        self.feed: list[str | bytes] = []
         for i, line in enumerate(lines):
             self.feed += (inject or {}).get(i, [])
             self.feed.append(line)
@@ -95,6 +105,11 @@ class FakeX:
         self.auth: list[str] = []
         self.fields: list[list[str]] = []
         self.keepalives_sent = 0
+        self.sent = 0  # feed lines sent, all connections together
+        self.publish_interval = publish_interval
+        self.published: list[tuple[float, str | bytes]] = []  # (wall time, line)
+        self.backfills: list[int | None] = []  # backfill_minutes of each stream request
+        self._publisher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
 
@@ -108,6 +123,8 @@ class FakeX:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
+        if self._publisher is not None:
+            self._publisher.cancel()
         self._server.close()
         for task in list(self._tasks):
             task.cancel()
@@ -169,7 +186,12 @@ class FakeX:
         if url.path == "/2/tweets/search/stream/rules":
             return await self._rules(method, body, writer)
         if url.path == "/2/tweets/search/stream" and method == "GET":
-            self.fields.append(parse_qs(url.query).get("tweet.fields", []))
+            query = parse_qs(url.query)
+            self.fields.append(query.get("tweet.fields", []))
+            minutes = query.get("backfill_minutes")
+            self.backfills.append(int(minutes[0]) if minutes else None)
+            if self.publish_interval is not None:
+                return await self._live(writer, self.backfills[-1])
             return await self._stream(writer)
         return await self._json(writer, 404, {"title": "Not Found"})
 
@@ -214,8 +236,9 @@ class FakeX:
             line = self.feed[self.pos]
             self.pos += 1
             sent += 1
+            self.sent += 1
             self.keepalives_sent += not line
-            data = (line + "\r\n").encode()
+            data = (line if isinstance(line, bytes) else line.encode()) + b"\r\n"
             # Some lines straddle two chunks: the source must reassemble them.
             parts = [data[:7], data[7:]] if self.pos % 7 == 0 and len(data) > 7 else [data]
             for part in parts:
@@ -230,6 +253,51 @@ class FakeX:
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return False
+
+    @property
+    def done_publishing(self) -> bool:
+        return len(self.published) == len(self.feed)
+
+    async def _publish(self) -> None:
+        """Publish the feed, each post stamped with the time it is published (``created_at``)."""
+        assert self.publish_interval is not None
+        for line in self.feed:
+            now = time.time()
+            if isinstance(line, str) and line.startswith('{"data"'):
+                message = json.loads(line)
+                message["data"]["created_at"] = iso(now)
+                line = json.dumps(message)
+            self.published.append((now, line))
+            await asyncio.sleep(self.publish_interval)
+
+    async def _live(self, writer: asyncio.StreamWriter, backfill: int | None) -> bool:
+        """The live stream: backfilled posts first (older first, as X sends them), then each
+        post as it is published, a keep-alive every 50 ms; until the client leaves."""
+        if self._publisher is None:
+            self._publisher = asyncio.create_task(self._publish())
+        self.statuses.append(200)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        i = len(self.published)
+        if backfill is not None:
+            since = time.time() - 60 * backfill
+            i = next((k for k, (t, _) in enumerate(self.published) if t >= since), i)
+        quiet = 0.0
+        while True:
+            while i < len(self.published):
+                line = self.published[i][1]
+                data = (line if isinstance(line, bytes) else line.encode()) + b"\r\n"
+                writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.sent += 1
+                i += 1
+            if quiet >= 0.05:
+                writer.write(b"2\r\n\r\n\r\n")
+                quiet = 0.0
+            await writer.drain()
+            await asyncio.sleep(0.005)
+            quiet += 0.005
 
 
 async def collect(source: XFilteredStreamSource, timeout: float = 10.0) -> list[Envelope]:
@@ -378,3 +446,115 @@ def test_backoff_schedule() -> None:
     assert [backoff_delay("http", n) for n in range(3)] == [5.0, 10.0, 20.0]
     assert backoff_delay("http", 10) == 320.0
     assert [backoff_delay("rate", n) for n in range(2)] == [60.0, 120.0]
+
+
+def iso(seconds: float) -> str:
+    """X's ``created_at`` format: ``2026-11-01T12:00:00.000Z``."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def x_lines(n: int, prefix: str = "19000000000000") -> list[str]:
+    """``n`` filtered-stream messages made here (the tests below need no sample data),
+    created now."""
+    now = iso(time.time())
+    return [
+        json.dumps(
+            {
+                "data": {
+                    "id": f"{prefix}{i:05d}",
+                    "text": f"post number {i} is great",
+                    "created_at": now,
+                    "lang": "en",
+                },
+                "matching_rules": [{"id": "1", "tag": "sentistream"}],
+            }
+        )
+        for i in range(n)
+    ]
+
+
+def test_invalid_utf8_and_overlong_messages_are_refused_not_repaired() -> None:
+    """Bytes that are not UTF-8 are not turned into U+FFFD (which would make a valid post of
+    them): the message is refused with the reason and an escaped copy of its bytes."""
+    lines = x_lines(20)
+    latin1 = b'{"data": {"id": "1900000000099999", "text": "caf\xe9 ol\xe9"}}'
+    long = json.dumps({"data": {"id": "1900000000088888", "text": "x" * 3000}})
+
+    async def main() -> list[Envelope]:
+        async with FakeX(lines, inject={10: [latin1, long]}) as fake:
+            source = XFilteredStreamSource(
+                TOKEN, base_url=fake.url, max_reconnects=0, max_line_bytes=2048
+            )
+            return await collect(source)
+
+    envelopes = asyncio.run(main())
+    assert [e.post.id for e in envelopes if e.post] == [json.loads(x)["data"]["id"] for x in lines]
+    bad = [e for e in envelopes if e.post is None]
+    assert len(bad) == 2
+    assert bad[0].error == f"X stream message is not valid UTF-8 (byte {latin1.index(0xE9)})"
+    assert bad[0].raw == '{"data": {"id": "1900000000099999", "text": "caf\\xe9 ol\\xe9"}}'
+    assert "\ufffd" not in bad[0].raw
+    assert bad[1].error == f"X stream message longer than 2048 bytes ({len(long)})"
+    assert len(bad[1].raw) < 2100
+
+
+def test_backfill_minutes_on_reconnect_and_after_resume() -> None:
+    """backfill=True: a reconnect asks for the minutes since the last data (1), a resumed
+    source for the minutes since its checkpoint (capped at 5, X's limit); backfill=False never
+    asks (it needs Enterprise access)."""
+    lines = x_lines(60)
+
+    async def run(backfill: bool, resume_ago: float | None) -> tuple[list[int | None], int]:
+        async with FakeX(lines, disconnect_after=30) as fake:
+            source = XFilteredStreamSource(
+                TOKEN, base_url=fake.url, max_reconnects=1, backoff_scale=0.001, backfill=backfill
+            )
+            if resume_ago is not None:
+                source.resume(f"{time.time() - resume_ago:.3f}")
+            envelopes = await collect(source)
+            assert source.backfills == fake.backfills
+            return fake.backfills, len(envelopes)
+
+    assert asyncio.run(run(False, None)) == ([None, None], 60)
+    assert asyncio.run(run(True, None)) == ([None, 1], 60)
+    assert asyncio.run(run(True, 75)) == ([2, 1], 60)  # 75 s + 10 s margin: 2 minutes
+    assert asyncio.run(run(True, 3600)) == ([5, 1], 60)  # an hour: 5, the most X allows
+
+
+def test_backfill_minutes_covers_the_gap_within_x_limits() -> None:
+    assert [backfill_minutes(s) for s in (-3, 0, 49, 51, 110, 230, 290, 291, 86_400)] == [
+        1,
+        1,
+        1,
+        2,
+        2,
+        4,
+        5,
+        5,
+        5,
+    ]
+    assert BACKFILL_MAX_MINUTES == 5
+
+
+def test_checkpoint_is_the_time_of_the_last_post() -> None:
+    """The checkpoint follows the last post's created_at (a backfilled post is old: a crash in
+    the middle of a backfill resumes from it), or its arrival when created_at is later."""
+    old = time.time() - 180
+    lines = [
+        json.dumps({"data": {"id": "1", "text": "backfilled", "created_at": iso(old)}}),
+        json.dumps({"data": {"id": "2", "text": "skewed", "created_at": iso(old + 7200)}}),
+    ]
+
+    async def main() -> list[float]:
+        async with FakeX(lines) as fake:
+            source = XFilteredStreamSource(TOKEN, base_url=fake.url, max_reconnects=0)
+            assert source.checkpoint() is None
+            seen = []
+            async for _ in source.stream():
+                seen.append(float(source.checkpoint() or 0))
+            return seen
+
+    first, second = asyncio.run(main())
+    assert abs(first - old) < 0.01
+    assert abs(second - time.time()) < 5

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sentistream.schemas import Post
 
-__all__ = ["Envelope", "Source"]
+__all__ = ["RAW_COPY_CHARS", "Envelope", "Resumable", "Source", "raw_copy"]
+
+RAW_COPY_CHARS = 10_000
 
 
 @dataclass(frozen=True)
@@ -33,16 +35,28 @@ class Envelope:
     def bad(
         cls, raw: str | bytes, error: str, ack_id: str | None = None, deliveries: int = 1
     ) -> Envelope:
-        """A refused record: the reason and at most 10,000 characters of its payload."""
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        """A refused record; ``raw`` is kept as :func:`raw_copy` makes it, with its full length
+        in ``raw_chars``."""
+        text = raw.decode("utf-8", errors="backslashreplace") if isinstance(raw, bytes) else raw
         return cls(
             post=None,
-            raw=text[:10_000],
+            raw=raw_copy(text),
             error=error,
             ack_id=ack_id,
             deliveries=deliveries,
             raw_chars=len(text),
         )
+
+
+def raw_copy(raw: str | bytes, limit: int = RAW_COPY_CHARS) -> str:
+    """A copy of a refused payload that is safe to store and show: bytes that are not UTF-8
+    become ``\\xNN`` escapes (never U+FFFD, which would make the copy look valid), and a payload
+    longer than ``limit`` characters is cut and marked, so the copy never parses as JSON (a cut
+    line could otherwise turn into a valid post)."""
+    text = raw.decode("utf-8", errors="backslashreplace") if isinstance(raw, bytes) else raw
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} ...[cut: {len(text) - limit} more characters]"
 
 
 class Source(Protocol):
@@ -61,4 +75,19 @@ class Source(Protocol):
 
     async def close(self) -> None:
         """Stop: ``stream`` ends soon after."""
+        ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A live source that can go on where an earlier run stopped (``ingest`` stores the
+    checkpoint in Redis in the same transaction as the posts it covers)."""
+
+    def checkpoint(self) -> str | None:
+        """Where the source stands: every record up to here has been yielded (None: nothing
+        yet). Read it between two records."""
+        ...
+
+    def resume(self, checkpoint: str) -> None:
+        """Start from a checkpoint of an earlier run; call before :meth:`Source.stream`."""
         ...

@@ -4,7 +4,15 @@
 :class:`~sentistream.stream.base.Envelope` per newly created post; identity/account events and
 update/delete commits are skipped, a malformed event becomes a bad envelope (dead-lettered by the
 worker). It reconnects by itself with exponential backoff and resumes from the ``time_us``
-cursor of the last event it saw.
+cursor of the last event it saw, less ``rewind_us``.
+
+Cursor semantics (Jetstream README): ``cursor`` is a unix-microseconds timestamp, the
+``time_us`` of an event; the server replays every event with ``time_us >= cursor`` (inclusive)
+from its buffer, then goes on live; no cursor, or one in the future, means live tail from now.
+Delivery across a reconnect is at-least-once, and the README recommends rewinding the cursor
+a few seconds for gapless playback: the replayed events come again and are deduplicated by post
+id downstream. :meth:`checkpoint`/:meth:`resume` let ``ingest`` keep the cursor in Redis across
+restarts.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class JetstreamSource:
     kept only when ``languages`` is None. ``max_reconnects`` bounds the total number of
     reconnects (None: forever); once spent, the stream ends, or raises
     :class:`~sentistream.errors.UnavailableError` when the last attempt could not connect.
+    ``rewind_us`` is taken off the cursor each time one is sent (0: resume exactly at it).
     """
 
     name = "bluesky"
@@ -63,6 +72,7 @@ class JetstreamSource:
         backoff_scale: float = 1.0,
         max_message_bytes: int = 1_000_000,
         open_timeout: float = 10.0,
+        rewind_us: int = 0,
     ) -> None:
         try:
             parse_uri(url)
@@ -76,17 +86,34 @@ class JetstreamSource:
         self.backoff_scale = backoff_scale
         self.max_message_bytes = max_message_bytes
         self.open_timeout = open_timeout
+        self.rewind_us = max(0, rewind_us)
         self.connections = 0
         self._closed = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._closer: asyncio.Task[None] | None = None
 
     def subscribe_url(self) -> str:
-        """The URL with ``wantedCollections`` and, once known, the resume ``cursor``."""
+        """The URL with ``wantedCollections`` and, once known, the resume ``cursor`` (the last
+        ``time_us`` seen, less ``rewind_us``)."""
         params = [("wantedCollections", c) for c in self.wanted_collections]
         if self.cursor is not None:
-            params.append(("cursor", str(self.cursor)))
+            params.append(("cursor", str(max(0, self.cursor - self.rewind_us))))
         return f"{self.url}{'&' if '?' in self.url else '?'}{urlencode(params)}"
+
+    def checkpoint(self) -> str | None:
+        """The ``time_us`` of the last event read (every event up to it has been yielded or
+        skipped), as text; None before the first event."""
+        return None if self.cursor is None else str(self.cursor)
+
+    def resume(self, checkpoint: str) -> None:
+        """Continue after an earlier run's :meth:`checkpoint` (less ``rewind_us``)."""
+        try:
+            cursor = int(checkpoint)
+        except ValueError:
+            raise InvalidInputError(f"not a Jetstream cursor: {checkpoint[:40]!r}") from None
+        if cursor < 0:
+            raise InvalidInputError(f"not a Jetstream cursor: {cursor}")
+        self.cursor = cursor
 
     async def stream(self) -> AsyncIterator[Envelope]:
         reconnects = failures = 0

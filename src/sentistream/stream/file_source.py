@@ -4,6 +4,11 @@ Guarantee: at-most-once from the source's point of view (a file is simply read a
 it). Options: ``rate`` posts per second (0: as fast as the pipeline takes them) and ``loop``
 (start again at the end; replayed posts keep their ids, so deduplicating sinks do not repeat
 them).
+
+A file, a regular file redirected to stdin (``< posts.jsonl``) and a pipe (``cat posts.jsonl |``)
+are read the same way (:mod:`sentistream.stream.lines`): a line that is not valid UTF-8, not a
+post, or longer than ``max_line_bytes`` becomes a bad envelope (dead-lettered with the reason and
+its line number) and reading goes on with the next line.
 """
 
 from __future__ import annotations
@@ -11,12 +16,21 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from pathlib import Path
 
 from sentistream.errors import InvalidInputError
 from sentistream.schemas import Post, parse_post
 from sentistream.stream.base import Envelope
+from sentistream.stream.lines import (
+    MAX_LINE_BYTES,
+    Line,
+    LineSplitter,
+    PipeReader,
+    file_chunks,
+    is_pipe,
+)
 
 __all__ = ["FileSource"]
 
@@ -26,28 +40,32 @@ class FileSource:
     guarantee = "at-most-once"
 
     def __init__(
-        self, path: Path | None, *, rate: float = 0.0, loop: bool = False, source_name: str = "file"
+        self,
+        path: Path | None,
+        *,
+        rate: float = 0.0,
+        loop: bool = False,
+        source_name: str = "file",
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self.path = path  # None: stdin
         self.rate = rate
         self.loop = loop
         self.source_name = source_name
+        self.max_line_bytes = max_line_bytes
         self._closed = False
+        self._pipe: PipeReader | None = None
 
     async def stream(self) -> AsyncIterator[Envelope]:
         as_text = self.path is not None and self.path.suffix.lower() == ".txt"
         started = time.perf_counter()
         sent = 0
         while not self._closed:
-            if self.path is None:
-                async for item in self._stdin():
-                    yield item
-                return
-            with self.path.open("rb") as fh:
-                for number, raw in enumerate(fh, start=1):
+            async with aclosing(self._lines()) as lines:
+                async for line in lines:
                     if self._closed:
                         return
-                    env = self._envelope(number, raw.rstrip(b"\r\n"), as_text)
+                    env = self._envelope(line, as_text)
                     if env is None:
                         continue
                     if self.rate > 0:
@@ -58,39 +76,52 @@ class FileSource:
                         await asyncio.sleep(0)
                     sent += 1
                     yield env
-            if not self.loop:
+            if not self.loop or self.path is None:
                 return
 
-    async def _stdin(self) -> AsyncIterator[Envelope]:
-        reader = asyncio.StreamReader(limit=1 << 22)
-        protocol = asyncio.StreamReaderProtocol(reader)
-        await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, sys.stdin.buffer)
-        number = 0
-        while not self._closed:
-            line = await reader.readline()
-            if not line:
-                return
-            number += 1
-            env = self._envelope(number, line.rstrip(b"\r\n"), False)
-            if env is not None:
-                yield env
+    async def _lines(self) -> AsyncGenerator[Line, None]:
+        splitter = LineSplitter(self.max_line_bytes)
+        if self.path is not None:
+            with self.path.open("rb") as fh:
+                for chunk in file_chunks(fh):
+                    for line in splitter.feed(chunk):
+                        yield line
+        elif is_pipe(sys.stdin.buffer):
+            self._pipe = PipeReader(sys.stdin.buffer)
+            async for chunk in self._pipe.chunks():
+                for line in splitter.feed(chunk):
+                    yield line
+        else:  # a regular file redirected to stdin
+            for chunk in file_chunks(sys.stdin.buffer):
+                for line in splitter.feed(chunk):
+                    yield line
+        for line in splitter.end():
+            yield line
 
-    def _envelope(self, number: int, line: bytes, as_text: bool) -> Envelope | None:
-        if not line.strip():
+    def _envelope(self, line: Line, as_text: bool) -> Envelope | None:
+        number, data = line.number, line.data
+        if line.too_long:
+            return Envelope.bad(
+                data, f"line {number} is longer than {self.max_line_bytes} bytes ({line.size})"
+            )
+        if not data.strip():
             return None
         try:
-            if as_text:
-                post = Post(id=f"line-{number}", text=line.decode("utf-8"), source=self.source_name)
-            else:
-                post = parse_post(line, default_id=f"line-{number}", source=self.source_name)
-        except UnicodeDecodeError:
-            return Envelope.bad(line, f"line {number} is not valid UTF-8")
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Envelope.bad(data, f"line {number} is not valid UTF-8 (byte {exc.start})")
+        if as_text:
+            return Envelope(Post(id=f"line-{number}", text=text, source=self.source_name), text)
+        try:
+            post = parse_post(text, default_id=f"line-{number}", source=self.source_name)
         except InvalidInputError as exc:
-            return Envelope.bad(line, f"line {number}: {exc.message}")
-        return Envelope(post=post, raw=line.decode("utf-8", errors="replace"))
+            return Envelope.bad(data, f"line {number}: {exc.message}")
+        return Envelope(post=post, raw=text)
 
     async def ack(self, envelopes: Sequence[Envelope]) -> None:
         return None
 
     async def close(self) -> None:
         self._closed = True
+        if self._pipe is not None:
+            self._pipe.close()

@@ -38,7 +38,7 @@ from redis.retry import Retry
 
 from sentistream.errors import InvalidInputError, UnavailableError
 from sentistream.schemas import dumps_record, parse_post
-from sentistream.stream.base import Envelope
+from sentistream.stream.base import Envelope, raw_copy
 
 __all__ = [
     "DEAD_LETTER_RAW_CHARS",
@@ -50,8 +50,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("sentistream.stream")
-#: Characters of a refused record's raw payload kept in its dead letter (the reason and the
-#: full length are kept too): a 1 MB post costs the dead-letter stream 10 kB, not 1 MB.
+#: Characters of a refused record's raw payload kept in its dead letter, cut and marked (the
+#: reason and the full length are kept too): a 1 MB post costs the dead-letter stream 10 kB.
 DEAD_LETTER_RAW_CHARS = 10_000
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 T = TypeVar("T")
@@ -155,7 +155,7 @@ def dead_letter_fields(env: Envelope, source: str) -> dict[str, str]:
     and the post id when it parsed; every field safely encodable."""
     fields = {
         "reason": _safe(env.error or "unknown", 1000),
-        "raw": _safe(env.raw, DEAD_LETTER_RAW_CHARS),
+        "raw": _safe(raw_copy(env.raw, DEAD_LETTER_RAW_CHARS), DEAD_LETTER_RAW_CHARS + 64),
         "raw_chars": str(env.raw_chars if env.raw_chars is not None else len(env.raw)),
         "source": _safe(source, 64),
         "deliveries": str(env.deliveries),

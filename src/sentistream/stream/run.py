@@ -8,12 +8,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sentistream.config import Settings
-from sentistream.errors import InvalidInputError, UnavailableError
-from sentistream.stream.base import Envelope, Source
+from sentistream.errors import InvalidInputError
+from sentistream.stream.base import Resumable, Source
+from sentistream.stream.redis_probe import probe, redis_errors
 
 __all__ = ["ingest", "make_source", "run_stream", "subscribe"]
 
@@ -68,6 +70,7 @@ def make_source(
             token,
             base_url=os.environ.get("SENTISTREAM_X_BASE_URL", "https://api.x.com"),
             rules=rules or None,
+            backfill=settings.x_backfill,
         )
     if kind == "bluesky":
         from sentistream.stream.bluesky_source import JetstreamSource
@@ -76,7 +79,11 @@ def make_source(
             "SENTISTREAM_JETSTREAM_URL", "wss://jetstream2.us-east.bsky.network/subscribe"
         )
         langs = {x for x in os.environ.get("SENTISTREAM_LANGUAGES", "").split(",") if x}
-        return JetstreamSource(url=url, languages=langs or None)
+        return JetstreamSource(
+            url=url,
+            languages=langs or None,
+            rewind_us=round(settings.jetstream_rewind_seconds * 1_000_000),
+        )
     raise InvalidInputError(f"unknown source {kind!r}")
 
 
@@ -91,18 +98,18 @@ async def run_stream(
     pretty: bool,
     also_stdout: bool = False,
 ) -> dict[str, Any]:
+    """Run the stream worker until its source ends or SIGTERM/SIGINT; returns its summary.
+    With a Redis URL, Redis is checked first: unreachable, or refusing the login, the command
+    fails at once with one line naming host:port (exit 2)."""
     from sentistream.runtime import load_classifier
     from sentistream.stream.redis_io import RedisSink, connect
     from sentistream.stream.sinks import JsonlSink
     from sentistream.stream.worker import StreamWorker
 
     url = _redis_url(settings)
+    if url is not None:
+        await probe(url)
     client = connect(url) if url else None
-    if client is not None:
-        try:
-            await client.ping()
-        except Exception as exc:
-            raise UnavailableError(f"cannot reach Redis: {type(exc).__name__}") from None
     classifier: Any
     if settings.model_url:
         from sentistream.repository import parse_model_ref
@@ -167,7 +174,10 @@ async def run_stream(
         else None
     )
     try:
-        return await worker.run()
+        if url is None:
+            return await worker.run()
+        async with redis_errors(url):
+            return await worker.run()
     finally:
         if http is not None:
             http[0].should_exit = True
@@ -260,53 +270,38 @@ def _start_http(worker: Any, metrics: Any, settings: Settings, feed: Any = None)
 
 async def ingest(
     settings: Settings, *, source_kind: str, input_path: Path | None, rate: float, loop: bool
-) -> dict[str, int]:
-    """Push a source into the input stream. File lines go in as they are (a malformed line is
-    the worker's to dead-letter); live sources push the normalised post."""
+) -> dict[str, Any]:
+    """Push a source into the input stream until it ends (a file) or SIGTERM/SIGINT; returns
+    the summary (see :mod:`sentistream.stream.ingest`)."""
+    from sentistream.stream.ingest import Ingest, install_signal_handlers
     from sentistream.stream.redis_io import connect
 
     url = _redis_url(settings)
     if not url:
         raise InvalidInputError("ingest needs --redis-url")
-    client = connect(url)
+    await probe(url)
     source = make_source(source_kind, settings, input_path=input_path, rate=rate, loop=loop)
-    count = 0
-    last_flush = asyncio.get_running_loop().time()
-    pipe = client.pipeline(transaction=False)
+    live = isinstance(source, Resumable)
+    client = connect(url)
     try:
-        async for env in source.stream():
-            pipe.xadd(
-                settings.input_stream,
-                {"data": _payload(env)},
+        async with redis_errors(url):
+            job = Ingest(
+                client,
+                source,
+                stream=settings.input_stream,
+                dead_letter_stream=settings.dead_letter_stream,
                 maxlen=settings.input_maxlen,
-                approximate=True,
+                flush_seconds=settings.ingest_flush_ms / 1000,
+                checkpoint_key=settings.ingest_checkpoint_key
+                or f"{settings.input_stream}:checkpoint:{source.name}",
+                dedup_seconds=settings.ingest_dedup_seconds if live else 0,
+                dedup_prefix=f"{settings.input_stream}:ingested:",
             )
-            count += 1
-            now = asyncio.get_running_loop().time()
-            # Send every 500 posts, and at least every 200 ms so a slow source is not held back.
-            if count % 500 == 0 or now - last_flush > 0.2:
-                await pipe.execute()
-                last_flush = now
-        await pipe.execute()
+            await job.resume()
+            install_signal_handlers(job)
+            return await job.run()
     finally:
         await client.aclose()
-    return {"ingested": count}
-
-
-def _payload(env: Envelope) -> str:
-    if env.post is None or env.raw.lstrip().startswith("{"):
-        return env.raw
-    p = env.post
-    return json.dumps(
-        {
-            "id": p.id,
-            "text": p.text,
-            "created_at": p.created_at,
-            "lang": p.lang,
-            "source": p.source,
-        },
-        ensure_ascii=False,
-    )
 
 
 async def subscribe(
@@ -319,6 +314,7 @@ async def subscribe(
     url = _redis_url(settings)
     if not url:
         raise InvalidInputError("subscribe needs --redis-url")
+    await probe(url)
     client = connect(url)
     shown = 0
 
@@ -335,16 +331,23 @@ async def subscribe(
         return limit is not None and shown >= limit
 
     try:
-        pubsub = client.pubsub()
-        await pubsub.subscribe(settings.output_channel)
-        if replay_from is not None:
-            entries: Any = await client.xrange(settings.output_stream, min=replay_from)
-            for _, fields in entries:
-                if show(fields[b"data"]):
-                    return
-        async for message in pubsub.listen():
-            if message["type"] == "message" and show(message["data"]):
-                return
+        async with redis_errors(url):
+            await _follow(client, settings, replay_from, show)
     finally:
         await client.aclose()
         sys.stdout.flush()
+
+
+async def _follow(
+    client: Any, settings: Settings, replay_from: str | None, show: Callable[[Any], bool]
+) -> None:
+    pubsub = client.pubsub()
+    await pubsub.subscribe(settings.output_channel)
+    if replay_from is not None:
+        entries: Any = await client.xrange(settings.output_stream, min=replay_from)
+        for _, fields in entries:
+            if show(fields[b"data"]):
+                return
+    async for message in pubsub.listen():
+        if message["type"] == "message" and show(message["data"]):
+            return

@@ -1,9 +1,23 @@
 """X (Twitter) API v2 filtered-stream source.
 
-Delivery guarantee: **at-most-once**. The filtered stream is live and has no cursor: posts
-published while we are disconnected (network error, stalled connection, backoff, restart) are
-not replayed, and there is nothing to acknowledge. A post is yielded at most once per connection
-(X itself may, rarely, deliver a post twice; the result ``id`` lets sinks deduplicate).
+Delivery guarantee: **at-most-once** by default. The filtered stream is live and has no
+cursor: posts published while we are disconnected (network error, stalled connection, backoff,
+restart) are not replayed, and there is nothing to acknowledge. A post is yielded at most once
+per connection (X itself may, rarely, deliver a post twice; the result ``id`` lets sinks
+deduplicate).
+
+With ``backfill=True`` (X's ``backfill_minutes`` parameter, Enterprise access only; other access
+levels cannot use it) a reconnect, and a restart (:meth:`resume` with the :meth:`checkpoint` of
+the earlier run), ask for the minutes since the time of the last post: its ``created_at``, or
+its arrival when that is later or missing (a keep-alive after it moves the time of a reconnect
+to the keep-alive: the stream had caught up). Whole minutes, at least 1 and at most 5, X's
+limit. A gap longer than 5 minutes loses what came before the last 5; the backfilled minutes
+repeat posts already received, which downstream dedup by post id absorbs. Backfilled posts come
+oldest first with their old ``created_at``, so a crash in the middle of a backfill resumes from
+the last one delivered, not from the time of the crash.
+
+Messages are read as bytes and split on newlines here: a message that is not valid UTF-8 (or
+longer than ``max_line_bytes``) becomes a bad envelope with the reason, never a repaired post.
 
 Optional rule management (``rules``) makes sure the wanted rule values exist (tagged
 ``rule_tag``) and deletes rules carrying our tag that are no longer wanted; rules with other tags
@@ -17,8 +31,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -26,16 +43,37 @@ import httpx
 from sentistream.errors import InvalidInputError, UnavailableError
 from sentistream.schemas import parse_post
 from sentistream.stream.base import Envelope
+from sentistream.stream.lines import MAX_LINE_BYTES, Line, LineSplitter
 
-__all__ = ["XFilteredStreamSource", "backoff_delay"]
+__all__ = ["BACKFILL_MAX_MINUTES", "XFilteredStreamSource", "backfill_minutes", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 
 STREAM_PATH = "/2/tweets/search/stream"
 RULES_PATH = "/2/tweets/search/stream/rules"
 QUEUE_SIZE = 1000
+BACKFILL_MAX_MINUTES = 5  # X's limit for backfill_minutes
+BACKFILL_MARGIN_S = 10.0  # posts matched just before the last one we got may still be in flight
 
-_Item = Envelope | BaseException | None  # None: the stream ended
+_Item = tuple[Envelope, float] | BaseException | None  # (post, its time); None: the end
+
+
+def backfill_minutes(gap_s: float) -> int:
+    """The ``backfill_minutes`` that covers a gap of ``gap_s`` seconds (and a margin): whole
+    minutes, 1 to :data:`BACKFILL_MAX_MINUTES`."""
+    minutes = math.ceil((max(gap_s, 0.0) + BACKFILL_MARGIN_S) / 60)
+    return max(1, min(BACKFILL_MAX_MINUTES, minutes))
+
+
+def _timestamp(created_at: str | None) -> float | None:
+    """Unix seconds of an ISO 8601 ``created_at`` (``...Z``), or None."""
+    if not created_at:
+        return None
+    try:
+        moment = datetime.fromisoformat(created_at)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
 
 
 def backoff_delay(kind: str, attempt: int) -> float:
@@ -77,6 +115,8 @@ class XFilteredStreamSource:
         max_reconnects: int | None = None,
         stall_timeout: float = 20.0,
         backoff_scale: float = 1.0,
+        backfill: bool = False,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         if not bearer_token:
             raise ValueError("an X API bearer token is required")
@@ -89,7 +129,12 @@ class XFilteredStreamSource:
         self.max_reconnects = max_reconnects
         self.stall_timeout = stall_timeout
         self.backoff_scale = backoff_scale
+        self.backfill = backfill
+        self.max_line_bytes = max_line_bytes
+        self.backfills: list[int | None] = []  # backfill_minutes asked for, per connection
         self.reconnects = 0
+        self._since: float | None = None  # wall time from which a connection should backfill
+        self._checkpoint: float | None = None  # time of the last post yielded
         self._attempts = {"network": 0, "http": 0, "rate": 0}
         self._got_data = False
         self._lines = 0
@@ -112,13 +157,45 @@ class XFilteredStreamSource:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                envelope, self._checkpoint = item
+                yield envelope
         finally:
             producer.cancel()
             await asyncio.wait({producer})
 
     async def ack(self, envelopes: Sequence[Envelope]) -> None:
         """Nothing to acknowledge: the filtered stream is live (at-most-once)."""
+
+    def checkpoint(self) -> str | None:
+        """Time (unix seconds) of the last post yielded: its ``created_at``, or its arrival
+        when that is earlier or ``created_at`` is missing; None before the first."""
+        return None if self._checkpoint is None else f"{self._checkpoint:.3f}"
+
+    def resume(self, checkpoint: str) -> None:
+        """Backfill from an earlier run's :meth:`checkpoint` on the first connection (only with
+        ``backfill``; X cannot go back further than 5 minutes)."""
+        try:
+            since = float(checkpoint)
+        except ValueError:
+            raise InvalidInputError(f"not an X checkpoint: {checkpoint[:40]!r}") from None
+        if not math.isfinite(since):
+            raise InvalidInputError(f"not an X checkpoint: {checkpoint[:40]!r}")
+        self._since = since
+        self._checkpoint = since
+        gap = time.time() - since
+        if not self.backfill:
+            log.warning(
+                "X stream: the last post was stored %.0f s ago; posts published since are not "
+                "recovered (backfill is off: it needs X Enterprise access)",
+                gap,
+            )
+        elif gap + BACKFILL_MARGIN_S > BACKFILL_MAX_MINUTES * 60:
+            log.warning(
+                "X stream: the last post was stored %.0f s ago; backfill recovers only the last "
+                "%d minutes, posts published before are lost",
+                gap,
+                BACKFILL_MAX_MINUTES,
+            )
 
     async def close(self) -> None:
         self._closed = True
@@ -134,6 +211,11 @@ class XFilteredStreamSource:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "***")
+
+    def _backfill_minutes(self) -> int | None:
+        if not self.backfill or self._since is None:
+            return None
+        return backfill_minutes(time.time() - self._since)
 
     async def _produce(self, queue: asyncio.Queue[_Item]) -> None:
         try:
@@ -181,19 +263,48 @@ class XFilteredStreamSource:
 
     async def _consume(self, client: httpx.AsyncClient, queue: asyncio.Queue[_Item]) -> None:
         url = self.base_url + STREAM_PATH
-        params = {"tweet.fields": self.tweet_fields}
+        params: dict[str, str | int] = {"tweet.fields": self.tweet_fields}
+        minutes = self._backfill_minutes()
+        if minutes is not None:
+            params["backfill_minutes"] = minutes
+        self.backfills.append(minutes)
         async with client.stream("GET", url, params=params, headers=self._headers()) as response:
             if response.status_code != 200:
                 body = (await response.aread())[:300].decode("utf-8", errors="replace")
                 raise _StatusError(response.status_code, "the stream endpoint", self._scrub(body))
-            log.info("X stream: connected to %s", url)
-            async for line in response.aiter_lines():
-                if not line.strip():
-                    continue  # keep-alive
-                self._got_data = True
-                envelope = self._envelope(line)
-                if envelope is not None:
-                    await queue.put(envelope)
+            log.info("X stream: connected to %s (backfill_minutes %s)", url, minutes)
+            splitter = LineSplitter(self.max_line_bytes)
+            async for chunk in response.aiter_bytes():
+                for line in splitter.feed(chunk):
+                    await self._line(line, queue)
+            for line in splitter.end():
+                await self._line(line, queue)
+
+    async def _line(self, line: Line, queue: asyncio.Queue[_Item]) -> None:
+        arrived = time.time()
+        if not line.data.strip() and not line.too_long:
+            self._since = arrived  # keep-alive: everything before it has arrived
+            return
+        self._got_data = True
+        if line.too_long:
+            envelope: Envelope | None = Envelope.bad(
+                line.data, f"X stream message longer than {self.max_line_bytes} bytes ({line.size})"
+            )
+        else:
+            try:
+                text = line.data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                envelope = Envelope.bad(
+                    line.data, f"X stream message is not valid UTF-8 (byte {exc.start})"
+                )
+            else:
+                envelope = self._envelope(text)
+        stamp = arrived
+        if envelope is not None and envelope.post is not None:
+            stamp = min(arrived, _timestamp(envelope.post.created_at) or arrived)
+        self._since = stamp
+        if envelope is not None:
+            await queue.put((envelope, stamp))
 
     def _envelope(self, line: str) -> Envelope | None:
         self._lines += 1
