@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from sentistream.schemas import Post
 
-__all__ = ["RAW_COPY_CHARS", "Envelope", "Resumable", "Source", "raw_copy"]
+__all__ = ["RAW_COPY_CHARS", "Envelope", "Resumable", "Rewindable", "Source", "raw_copy"]
 
 RAW_COPY_CHARS = 10_000
 
@@ -38,6 +38,8 @@ class Envelope:
         """A refused record; ``raw`` is kept as :func:`raw_copy` makes it, with its full length
         in ``raw_chars``."""
         text = raw.decode("utf-8", errors="backslashreplace") if isinstance(raw, bytes) else raw
+        # a lone surrogate (from a JSON escape) becomes its escape: the copy is always writable
+        text = text.encode("utf-8", errors="backslashreplace").decode("utf-8")
         return cls(
             post=None,
             raw=raw_copy(text),
@@ -90,4 +92,15 @@ class Resumable(Protocol):
 
     def resume(self, checkpoint: str) -> None:
         """Start from a checkpoint of an earlier run; call before :meth:`Source.stream`."""
+        ...
+
+
+@runtime_checkable
+class Rewindable(Resumable, Protocol):
+    """A resumable source that can also go back while it streams (Jetstream: reconnect with an
+    older cursor), for when Redis lost the posts stored after a checkpoint."""
+
+    def rewind(self, checkpoint: str) -> None:
+        """Read again from ``checkpoint`` (an earlier :meth:`checkpoint`) on the next
+        connection; records already in flight are still yielded."""
         ...

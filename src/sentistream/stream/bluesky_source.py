@@ -91,6 +91,7 @@ class JetstreamSource:
         self._closed = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._rewinding = False
 
     def subscribe_url(self) -> str:
         """The URL with ``wantedCollections`` and, once known, the resume ``cursor`` (the last
@@ -115,6 +116,15 @@ class JetstreamSource:
             raise InvalidInputError(f"not a Jetstream cursor: {cursor}")
         self.cursor = cursor
 
+    def rewind(self, checkpoint: str) -> None:
+        """Go back to ``checkpoint`` while streaming (Redis lost the posts stored after it):
+        the open connection is dropped and the next one asks for the cursor again; events
+        still in flight on the old one no longer move the cursor."""
+        self.resume(checkpoint)
+        self._rewinding = True
+        if self._ws is not None:
+            self._ws.transport.abort()
+
     async def stream(self) -> AsyncIterator[Envelope]:
         reconnects = failures = 0
         while not self._closed.is_set():
@@ -124,6 +134,7 @@ class JetstreamSource:
                 ws = await self._open()
                 if ws is None:
                     break
+                self._rewinding = False  # this connection was asked for the cursor
                 connected, self._ws = True, ws
                 self.connections += 1
                 try:
@@ -210,7 +221,8 @@ class JetstreamSource:
                 message, f"an event must be a JSON object, not {type(event).__name__}"
             )
         time_us = event.get("time_us")
-        if isinstance(time_us, int) and not isinstance(time_us, bool):
+        # (events still in flight from before a rewind do not move the cursor)
+        if isinstance(time_us, int) and not isinstance(time_us, bool) and not self._rewinding:
             self.cursor = time_us if self.cursor is None else max(self.cursor, time_us)
         if event.get("kind") != "commit":
             return None

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -35,7 +34,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from sentistream.errors import InvalidInputError
-from sentistream.stream.base import Envelope, Resumable, Source
+from sentistream.schemas import dumps_record, validate_post
+from sentistream.stream.base import Envelope, Resumable, Rewindable, Source
 from sentistream.stream.redis_io import with_retry
 
 __all__ = ["BATCH", "Ingest", "IngestStats", "install_signal_handlers", "payload"]
@@ -54,9 +54,17 @@ local n = tonumber(ARGV[5])
 local m = tonumber(ARGV[6])
 local source = ARGV[7]
 local dead_maxlen = ARGV[8]
+local expected = ARGV[9]
+-- The checkpoint this ingest wrote last is gone or older: Redis lost writes (a restart from an
+-- AOF missing its last second, a failover). Keep the older one and tell the caller.
+local current = redis.call('GET', KEYS[3])
+local rewound = ''
+if expected ~= '' and current ~= expected then
+  rewound = current or '-'
+end
 local pushed, duplicates = 0, 0
 for i = 0, n - 1 do
-  local id, data = ARGV[9 + 2 * i], ARGV[10 + 2 * i]
+  local id, data = ARGV[10 + 2 * i], ARGV[11 + 2 * i]
   if ttl == 0 or redis.call('SET', prefix .. id, '1', 'NX', 'EX', ttl) then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'data', data)
     pushed = pushed + 1
@@ -64,14 +72,14 @@ for i = 0, n - 1 do
     duplicates = duplicates + 1
   end
 end
-local first = 9 + 2 * n
+local first = 10 + 2 * n
 for j = 0, m - 1 do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', dead_maxlen, '*',
     'reason', ARGV[first + 2 * j], 'raw', ARGV[first + 2 * j + 1],
     'source', source, 'stage', 'ingest')
 end
-if checkpoint ~= '' then redis.call('SET', KEYS[3], checkpoint) end
-return {pushed, duplicates}
+if checkpoint ~= '' and rewound == '' then redis.call('SET', KEYS[3], checkpoint) end
+return {pushed, duplicates, rewound}
 """
 
 
@@ -84,7 +92,7 @@ def payload(env: Envelope) -> str:
         return env.raw
     p = env.post
     fields = {"id": p.id, "text": p.text, "created_at": p.created_at, "lang": p.lang}
-    return json.dumps({**fields, "source": p.source}, ensure_ascii=False)
+    return dumps_record({**fields, "source": p.source})
 
 
 @dataclass
@@ -94,6 +102,7 @@ class IngestStats:
     duplicates: int = 0
     dead_lettered: int = 0
     writes: int = 0
+    rewinds: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     def summary(self) -> dict[str, Any]:
@@ -103,8 +112,25 @@ class IngestStats:
             "duplicates": self.duplicates,
             "dead_lettered": self.dead_lettered,
             "writes": self.writes,
+            "rewinds": self.rewinds,
             "seconds": round(time.perf_counter() - self.started, 3),
         }
+
+
+def _checked(env: Envelope) -> Envelope:
+    """A post no sink could write faithfully (a lone surrogate, an oversized field) becomes a
+    refused record here, before it can poison a whole write."""
+    if env.post is None:
+        return env
+    try:
+        validate_post(env.post)
+    except InvalidInputError as exc:
+        post = env.post
+        raw = env.raw or dumps_record(
+            {"id": post.id, "text": post.text, "lang": post.lang, "source": post.source}
+        )
+        return Envelope.bad(raw, exc.message)
+    return env
 
 
 class Ingest:
@@ -214,6 +240,7 @@ class Ingest:
         loop = asyncio.get_running_loop()
         async for env in self.source.stream():
             self.stats.read += 1
+            env = _checked(env)
             if not self._buffer:
                 self._oldest = loop.time()
             self._buffer.append(env)
@@ -257,6 +284,7 @@ class Ingest:
             len(refused),
             self.source.name,
             DEAD_LETTER_MAXLEN,
+            self._stored or "",
         ]
         for env in posts:
             assert env.post is not None
@@ -272,10 +300,35 @@ class Ingest:
         self.stats.duplicates += int(result[1])
         self.stats.dead_lettered += len(refused)
         self.stats.writes += 1
-        if checkpoint is not None:
+        rewound = result[2].decode() if isinstance(result[2], bytes) else str(result[2] or "")
+        if rewound:
+            self._rewind(rewound)
+        elif checkpoint is not None:
             self._stored = checkpoint
         for env in refused:
             log.warning("dead letter: %s", env.error)
+
+    def _rewind(self, stored: str) -> None:
+        """Redis lost the checkpoints after ``stored`` (and the posts they covered): read the
+        source again from there; what Redis kept is skipped as duplicates."""
+        self.stats.rewinds += 1
+        if stored == "-":
+            log.warning(
+                "ingest: Redis lost this source's checkpoint (key %s): posts stored since the "
+                "first one may be lost; going on from here",
+                self.checkpoint_key,
+            )
+            self._stored = None
+            return
+        log.warning(
+            "ingest: Redis lost the writes after checkpoint %s (a restart from an AOF missing "
+            "its last second, or a failover): reading %s again from there",
+            stored,
+            self.source.name,
+        )
+        self._stored = stored
+        if isinstance(self.source, Rewindable):
+            self.source.rewind(stored)
 
 
 def install_signal_handlers(ingest: Ingest) -> None:
